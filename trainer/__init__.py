@@ -1,0 +1,1 @@
+"""twinflag trainer: duplicate pairs → a twin encoder, a calibrated threshold, a model directory."""
