@@ -1,0 +1,484 @@
+"""The batch step over fakes: exact path, order, self-matches, thresholds, tenants, replays, deletions."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.fakes import HashEncoder, ListPublisher, MemoryIndex, doc_record, raw_record
+from worker.batch import BatchResult, Record, StepConfig, order_key, run_batch
+from worker.normalize import normalize, text_hash
+from worker.schema import Decision
+from worker.search import Neighbour, Query
+
+FLAGS, DECISIONS, DLQ = "duplicate-flags", "decisions", "documents.dlq"
+SPAM = "Buy cheap watches at our store today, best prices guaranteed!"
+SPAM_TYPO = "Buy cheap wacthes at our store today, best prices guaranteed!"
+SPAM_SPACED = "  buy CHEAP watches\u200b at our store today,  best prices guaranteed! "
+CAT = "My cat refuses to eat anything except tuna from one specific brand."
+WEATHER = "The weather in Lisbon was lovely this weekend, we went to the beach."
+
+
+def config(threshold: float = 0.8, **overrides: Any) -> StepConfig:
+    return replace(StepConfig(threshold, "hash-trigram-v1", decisions_topic=DECISIONS), **overrides)
+
+
+def step(
+    records: Sequence[Record],
+    index: MemoryIndex,
+    encoder: HashEncoder | None = None,
+    cfg: StepConfig | None = None,
+) -> tuple[BatchResult, ListPublisher]:
+    publisher = ListPublisher()
+    result = run_batch(records, encoder or HashEncoder(), index, publisher, cfg or config())
+    return result, publisher
+
+
+def flags(publisher: ListPublisher) -> dict[str, dict[str, Any]]:
+    return {str(f["id"]): f for f in publisher.json(FLAGS)}
+
+
+# ------------------------------------------------------------------------------------- exact path
+
+
+def test_exact_repost_from_the_index_scores_one_without_embedding() -> None:
+    index, encoder = MemoryIndex(), HashEncoder()
+    step([doc_record("a", SPAM, 0)], index, encoder)
+    index.calls.clear()
+    result, publisher = step([doc_record("b", SPAM_SPACED, 1)], index, encoder)
+    flag = flags(publisher)["b"]
+    assert (flag["duplicate_of"], flag["score"], flag["stage"]) == ("a", 1.0, "exact")
+    assert flag["matches"] == [{"id": "a", "score": 1.0}]
+    assert (result.exact, result.flags) == (1, 1)
+    assert encoder.embedded == [SPAM]  # b was never embedded
+    assert index.calls["search"] == 0  # nor searched
+
+
+def test_exact_repost_inside_one_batch() -> None:
+    index, encoder = MemoryIndex(), HashEncoder()
+    result, publisher = step([doc_record("a", SPAM, 0), doc_record("b", SPAM_SPACED, 1)], index, encoder)
+    assert flags(publisher)["b"]["stage"] == "exact"
+    assert "a" not in flags(publisher)
+    assert encoder.embedded == [SPAM]
+    assert result.exact == 1
+
+
+def test_exact_hits_are_upserted_and_searchable() -> None:
+    index = MemoryIndex()
+    step([doc_record("a", SPAM, 0), doc_record("b", SPAM_SPACED, 1)], index)
+    a, b = index.point("default", "a"), index.point("default", "b")
+    assert a is not None
+    assert b is not None
+    assert np.array_equal(a.vector, b.vector)  # b reuses a's vector
+    assert a.text_hash == b.text_hash == text_hash(normalize(SPAM))
+    index.delete("default", ["a"])  # with a gone, b still catches the next repost
+    _, publisher = step([doc_record("c", SPAM, 2)], index)
+    assert flags(publisher)["c"]["duplicate_of"] == "b"
+
+
+def test_exact_match_is_the_earliest_copy() -> None:
+    index = MemoryIndex()
+    step([doc_record("first", SPAM, 0, timestamp_ms=10)], index)
+    _, publisher = step(
+        [doc_record("second", SPAM, 1, timestamp_ms=20), doc_record("third", SPAM, 2, timestamp_ms=30)], index
+    )
+    assert flags(publisher)["second"]["duplicate_of"] == "first"
+    assert flags(publisher)["third"]["duplicate_of"] == "first"
+
+
+# ----------------------------------------------------------------------------- arrival and order
+
+
+def test_in_batch_repost_only_duplicates_the_earlier_post() -> None:
+    _, publisher = step([doc_record("a", SPAM, 0), doc_record("b", SPAM_TYPO, 1)], MemoryIndex())
+    assert list(flags(publisher)) == ["b"]
+    flag = flags(publisher)["b"]
+    assert (flag["duplicate_of"], flag["stage"]) == ("a", "batch")
+    assert 0.8 < flag["score"] < 1.0
+
+
+def test_poll_order_does_not_matter_the_order_key_does() -> None:
+    # b arrives first in the poll, from another partition, but its timestamp is later.
+    a = doc_record("a", SPAM, 7, partition=1, timestamp_ms=1000)
+    b = doc_record("b", SPAM_TYPO, 0, partition=0, timestamp_ms=2000)
+    _, publisher = step([b, a], MemoryIndex())
+    assert list(flags(publisher)) == ["b"]
+    # Same timestamp: partition << 40 | offset decides (partition 0 is earlier than partition 1).
+    a = doc_record("a", SPAM, 9, partition=0, timestamp_ms=1000)
+    b = doc_record("b", SPAM_TYPO, 0, partition=1, timestamp_ms=1000)
+    _, publisher = step([b, a], MemoryIndex())
+    assert list(flags(publisher)) == ["b"]
+
+
+def test_outputs_come_in_order_key_order() -> None:
+    records = [doc_record(f"d{i}", f"{CAT} #{i}", i, partition=i % 3) for i in range(9)]
+    random.Random(3).shuffle(records)
+    result, publisher = step(records, MemoryIndex())
+    expected = sorted(records, key=order_key)
+    assert [d["id"] for d in result.decisions] == [json.loads(r.value or b"")["id"] for r in expected]
+    assert [f["id"] for f in publisher.json(DECISIONS)] == [d["id"] for d in result.decisions]
+
+
+def test_index_search_never_returns_later_posts() -> None:
+    index = MemoryIndex()
+    step([doc_record("later", SPAM, 50, timestamp_ms=5000)], index)
+    # A replayed, earlier post must not match a post that came after it.
+    _, publisher = step([doc_record("earlier", SPAM_TYPO, 10, timestamp_ms=1000)], index)
+    assert flags(publisher) == {}
+
+
+def test_out_of_range_timestamps_are_clamped_not_fatal() -> None:
+    index = MemoryIndex()
+    result, _ = step(
+        [doc_record("a", SPAM, 0, timestamp_ms=-1), doc_record("b", CAT, 1, timestamp_ms=2**62)], index
+    )
+    assert len(result.decisions) == 2
+    a, b = index.point("default", "a"), index.point("default", "b")
+    assert a is not None
+    assert b is not None
+    assert (a.order, b.order) == ((0, 0), (2**53 - 1, 1))
+
+
+class LatestFirstOnTies(MemoryIndex):
+    """An index whose cut keeps the *latest* of equal scores: the step must not inherit that choice."""
+
+    def search(self, queries: Sequence[Query], k: int) -> list[list[Neighbour]]:
+        full = super().search(queries, 1000)
+        return [
+            sorted(found, key=lambda n: (-round(n.score, 6), [-x for x in n.order]))[:k] for found in full
+        ]
+
+
+def test_ties_at_the_index_cut_are_ranked_by_order_key() -> None:
+    index = LatestFirstOnTies()
+    copies = [doc_record(f"copy{i}", SPAM, i) for i in range(4)]  # one text: one vector, equal scores
+    step(copies, index)
+    _, publisher = step([doc_record("q", SPAM_TYPO, 10)], index, cfg=config(top_k=2))
+    flag = flags(publisher)["q"]
+    assert flag["duplicate_of"] == "copy0"
+    assert [m["id"] for m in flag["matches"]] == ["copy0", "copy1"]
+
+
+# ----------------------------------------------------------------------------------- self-match
+
+
+def test_the_same_id_replayed_never_matches_itself() -> None:
+    index = MemoryIndex()
+    step([doc_record("a", SPAM, 0)], index)
+    result, publisher = step([doc_record("a", SPAM, 0)], index)
+    assert flags(publisher) == {}
+    assert result.decisions[0]["score"] is None
+    assert result.reused_vectors == 1
+
+
+def test_same_id_with_different_texts_in_one_batch() -> None:
+    index = MemoryIndex()
+    result, publisher = step([doc_record("a", SPAM, 0), doc_record("a", SPAM_TYPO, 1)], index)
+    assert flags(publisher) == {}  # neither version matches the other
+    assert len(result.decisions) == 2
+    point = index.point("default", "a")
+    assert point is not None
+    assert (point.text_hash, point.order) == (
+        text_hash(normalize(SPAM_TYPO)),
+        order_key(doc_record("a", "", 1)),
+    )
+    assert index.count() == 1
+
+
+def test_a_later_version_of_an_id_supersedes_the_stored_one() -> None:
+    index = MemoryIndex()
+    step([doc_record("a", SPAM, 0)], index)
+    # a is rewritten to CAT before b arrives: b (a SPAM repost) must not match the old a.
+    _, publisher = step([doc_record("a", CAT, 1), doc_record("b", SPAM, 2)], index)
+    assert flags(publisher) == {}
+
+
+# ------------------------------------------------------------------------------------- threshold
+
+
+class FixedEncoder:
+    """Returns given vectors, so a score can sit exactly on the threshold."""
+
+    def __init__(self, vectors: dict[str, list[float]]) -> None:
+        self._vectors = vectors
+
+    dim, version, max_tokens = 2, "fixed", 16
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return np.array([self._vectors[t] for t in texts], dtype=np.float32).reshape(len(texts), 2)
+
+    def health(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("threshold", "flagged"), [(0.8, True), (0.800001, False), (0.799999, True)])
+@pytest.mark.parametrize("split", [False, True])
+def test_threshold_edge(threshold: float, flagged: bool, split: bool) -> None:
+    encoder = FixedEncoder({"one": [1.0, 0.0], "two": [0.8, 0.6]})
+    cfg = StepConfig(threshold=threshold, model_version="fixed")
+    index, publisher = MemoryIndex(), ListPublisher()
+    first, second = doc_record("a", "one", 0), doc_record("b", "two", 1)
+    batches = [[first], [second]] if split else [[first, second]]
+    for batch in batches:
+        run_batch(batch, encoder, index, publisher, cfg)
+    assert (len(publisher.messages(cfg.flags_topic)) == 1) is flagged
+    if flagged:
+        flag = json.loads(publisher.messages(cfg.flags_topic)[0][1])
+        assert (flag["score"], flag["threshold"]) == (0.8, threshold)
+        assert flag["stage"] == ("index" if split else "batch")
+
+
+# ---------------------------------------------------------------------------------------- tenants
+
+
+@pytest.mark.parametrize("text", [SPAM, SPAM_TYPO])
+def test_tenants_never_match_each_other(text: str) -> None:
+    index = MemoryIndex()
+    step([doc_record("a", SPAM, 0, tenant="t1")], index)
+    _, publisher = step([doc_record("b", text, 1, tenant="t2"), doc_record("c", text, 2, tenant="t3")], index)
+    assert flags(publisher) == {}
+    _, publisher = step([doc_record("d", text, 3, tenant="t1")], index)
+    assert flags(publisher)["d"]["duplicate_of"] == "a"
+    assert flags(publisher)["d"]["tenant"] == "t1"
+
+
+def test_the_same_id_in_two_tenants_is_two_documents() -> None:
+    index = MemoryIndex()
+    _, publisher = step([doc_record("a", SPAM, 0, tenant="t1"), doc_record("a", SPAM, 1, tenant="t2")], index)
+    assert flags(publisher) == {}
+    assert index.count() == 2
+
+
+# ----------------------------------------------------------------------------------- dead letters
+
+
+def test_dead_letters_carry_reason_original_bytes_and_position() -> None:
+    bad = [
+        raw_record(b"\xff\xfe", 1, key=b"k1"),
+        raw_record(b"{oops", 2, key=b"k2"),
+        raw_record(b'{"id": 1, "text": "t"}', 3, key=None),
+        raw_record(b'{"text": "t"}', 4),
+        raw_record(json.dumps({"id": "x", "text": "\u200b \n"}).encode(), 5),
+        raw_record(json.dumps({"id": "y" * 300, "text": "t"}).encode(), 6),
+        raw_record(b'{"id": "z", "text": "' + b"x" * 2000 + b'"}', 7),
+    ]
+    good = doc_record("ok", SPAM, 8)
+    result, publisher = step([*bad, good], MemoryIndex(), cfg=config(max_message_bytes=1000))
+    letters = publisher.json(DLQ)
+    assert [letter["code"] for letter in letters] == [
+        "invalid_utf8",
+        "invalid_json",
+        "wrong_type",
+        "missing_field",
+        "empty_text",
+        "id_too_long",
+        "oversized",
+    ]
+    for record, letter, (key, _) in zip(bad, letters, publisher.messages(DLQ), strict=True):
+        assert base64.b64decode(str(letter["value_b64"])) == record.value
+        assert key == record.key
+        assert letter["key_b64"] == (None if record.key is None else base64.b64encode(record.key).decode())
+        assert letter["source"] == {"topic": "documents", "partition": 0, "offset": record.offset}
+        assert letter["model"] == "hash-trigram-v1"
+        assert letter["detected_at"] == "2023-11-14T22:13:20.000Z"
+        assert str(letter["reason"]).startswith(f"{letter['code']}: ")
+    assert (result.records, result.documents, result.dead_letters) == (8, 1, 7)
+    assert [d["id"] for d in result.decisions] == ["ok"]
+
+
+# ---------------------------------------------------------------------------------------- replays
+
+
+def stream() -> list[Record]:
+    """Posts with reposts across two partitions and two tenants, in a shuffled poll order."""
+    texts = [
+        SPAM,
+        CAT,
+        WEATHER,
+        SPAM_TYPO,
+        SPAM_SPACED,
+        CAT + " !!",
+        "Unrelated note about gardening tools.",
+        WEATHER.upper(),
+        "Completely different: quarterly tax forms are due.",
+        SPAM_TYPO + " http://x.co",
+    ]
+    records = []
+    for i in range(30):
+        text = texts[i % len(texts)] + ("" if i < 10 else f" v{i // 10}")
+        records.append(
+            doc_record(
+                f"p{i}",
+                text,
+                i // 2,
+                partition=i % 2,
+                timestamp_ms=1000 + 10 * (i // 3),
+                tenant="t1" if i % 5 else "t2",
+            )
+        )
+    random.Random(7).shuffle(records)
+    return records
+
+
+def run_stream(records: list[Record], size: int, index: MemoryIndex) -> list[tuple[bytes | None, bytes]]:
+    publisher = ListPublisher()
+    for start in range(0, len(records), size):
+        run_batch(records[start : start + size], HashEncoder(), index, publisher, config())
+    return publisher.messages(FLAGS)
+
+
+def test_replaying_a_batch_republishes_byte_identical_messages() -> None:
+    records = stream()
+    index, encoder = MemoryIndex(), HashEncoder()
+    step(records[:12], index, encoder)
+    _, first = step(records[12:], index, encoder)
+    calls = encoder.calls
+    replay_result, replay = step(records[12:], index, encoder)  # crash after upsert, before commit
+    assert replay.sent == first.sent
+    assert len(first.messages(FLAGS)) > 3
+    assert replay_result.reused_vectors == replay_result.documents
+    assert encoder.calls == calls  # nothing re-embedded
+
+
+def test_replay_with_other_batch_boundaries_gives_the_same_flags() -> None:
+    def essence(messages: list[tuple[bytes | None, bytes]]) -> dict[bytes | None, object]:
+        out = {}
+        for key, value in messages:
+            flag = json.loads(value)
+            flag.pop("stage")  # where the match was found ("batch"/"index") follows the boundaries
+            out[key] = flag
+        return out
+
+    records = sorted(stream(), key=order_key)
+    reference = run_stream(records, 30, MemoryIndex())
+    assert len(reference) >= 8
+    for size in (1, 4, 7):
+        assert essence(run_stream(records, size, MemoryIndex())) == essence(reference)
+    index = MemoryIndex()  # a crash after the first run: everything replayed, other boundaries
+    run_stream(records, 7, index)
+    assert essence(run_stream(records, 5, index)) == essence(reference)
+
+
+# -------------------------------------------------------------------------------------- deletions
+
+
+@pytest.mark.parametrize(
+    "deletion",
+    [
+        raw_record(None, 1, key=b"a"),  # tombstone: every tenant
+        raw_record(json.dumps({"id": "a", "deleted": True}).encode(), 1),
+    ],
+)
+def test_deletion_removes_the_document_and_its_hash(deletion: Record) -> None:
+    index = MemoryIndex()
+    step([doc_record("a", SPAM, 0)], index)
+    result, _ = step([deletion], index)
+    assert result.deletions == 1
+    assert index.count() == 0
+    _, publisher = step([doc_record("b", SPAM, 2), doc_record("c", CAT, 3)], index)
+    assert flags(publisher) == {}
+
+
+def test_tenant_deletion_only_touches_its_tenant() -> None:
+    index = MemoryIndex()
+    step([doc_record("a", SPAM, 0, tenant="t1"), doc_record("a", SPAM, 1, tenant="t2")], index)
+    step([raw_record(json.dumps({"id": "a", "tenant": "t1", "deleted": True}).encode(), 2)], index)
+    assert index.point("t1", "a") is None
+    assert index.point("t2", "a") is not None
+
+
+def test_a_deletion_in_the_batch_removes_an_earlier_document_of_the_batch() -> None:
+    index = MemoryIndex()
+    records = [
+        doc_record("a", SPAM, 0),
+        raw_record(None, 1, key=b"a"),
+        doc_record("b", SPAM_TYPO, 2),
+        doc_record("c", SPAM, 3),
+    ]
+    result, publisher = step(records, index)
+    assert list(flags(publisher)) == ["c"]  # c repeats a's text exactly, but a is gone: only b is left
+    assert flags(publisher)["c"]["duplicate_of"] == "b"
+    assert flags(publisher)["c"]["stage"] == "batch"
+    assert index.point("default", "a") is None  # not upserted back
+    assert index.count() == 2
+    assert [d["id"] for d in result.decisions] == ["a", "b", "c"]
+
+
+def test_a_document_after_its_deletion_is_a_new_post() -> None:
+    index = MemoryIndex()
+    step([doc_record("a", CAT, 0)], index)
+    step([raw_record(None, 1, key=b"a"), doc_record("a", SPAM, 2)], index)
+    point = index.point("default", "a")
+    assert point is not None
+    assert point.text_hash == text_hash(normalize(SPAM))
+
+
+# ------------------------------------------------------------------------------------ bookkeeping
+
+
+def test_result_counts_timings_and_payload() -> None:
+    index = MemoryIndex()
+    created = json.dumps({"id": "m", "text": WEATHER, "created_at": "2024-05-01T12:00:00+00:00"}).encode()
+    records = [
+        doc_record("a", SPAM, 0),
+        doc_record("b", SPAM, 1),
+        raw_record(created, 2, partition=3),
+        raw_record(b"x", 3),
+        raw_record(None, 4, key=b"zzz"),
+    ]
+    result, publisher = step(records, index)
+    assert (result.records, result.documents, result.flags, result.dead_letters, result.deletions) == (
+        5,
+        3,
+        1,
+        1,
+        1,
+    )
+    assert set(result.timings_ms) >= {"parse", "exact", "embed", "search", "decide", "publish", "upsert"}
+    assert len(publisher.messages(DECISIONS)) == 3
+    point = index.point("default", "m")
+    assert point is not None
+    assert point.order == (1_700_000_000_000, 3 << 40 | 2)
+    assert point.created_at == "2024-05-01T12:00:00+00:00"
+    assert point.model == "hash-trigram-v1"
+    decision = result.decisions[0]
+    assert decision == {
+        "id": "a",
+        "tenant": "default",
+        "flagged": False,
+        "duplicate_of": None,
+        "score": None,
+        "matches": [],
+        "stage": None,
+        "model": "hash-trigram-v1",
+        "source": {"topic": "documents", "partition": 0, "offset": 0},
+    }
+
+
+def test_decisions_topic_is_off_by_default() -> None:
+    publisher = ListPublisher()
+    run_batch([doc_record("a", SPAM, 0)], HashEncoder(), MemoryIndex(), publisher, StepConfig(0.8, "m"))
+    assert publisher.sent == []
+
+
+def test_unflagged_decision_reports_best_match_and_top_k() -> None:
+    index = MemoryIndex()
+    step([doc_record(f"c{i}", f"{CAT} {i}", i) for i in range(8)], index)
+    result, publisher = step([doc_record("q", CAT, 20)], index, cfg=config(threshold=0.999, top_k=3))
+    decision = Decision.model_validate(result.decisions[0])
+    assert decision.flagged is False
+    assert len(decision.matches) == 3
+    assert decision.score == decision.matches[0].score
+    assert flags(publisher) == {}
+
+
+def test_empty_batch() -> None:
+    result, publisher = step([], MemoryIndex())
+    assert (result.records, result.decisions, publisher.sent) == (0, [], [])

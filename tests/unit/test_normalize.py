@@ -1,0 +1,37 @@
+"""Normalisation for the exact path: invisible differences must not change the hash; real ones must."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.normalize import normalize, text_hash
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("  hello   world \n\t again ", "hello world again"),
+        ("ＦＵＬＬ ｗｉｄｔｈ ﬁle", "FULL width file"),  # NFKC compatibility forms
+        ("zero\u200bwidth\u200d join\ufeff", "zerowidth join"),
+        ("nul\x00 and \x07bell\x1b", "nul and bell"),
+        ("line\r\nbreak\u2028sep\u00a0nbsp", "line break sep nbsp"),
+        ("e\u200b\u0301", "\u00e9"),  # a zero-width character cannot stop composition
+        ("heart \u2764\ufe0f", "heart \u2764"),  # variation selectors are invisible
+        ("\u202eevil\u202c rtl", "evil rtl"),  # bidi overrides are format characters
+        ("\u3164\u200b \u00ad", ""),
+        ("Keep Case", "Keep Case"),
+    ],
+)
+def test_normalize(raw: str, expected: str) -> None:
+    assert normalize(raw) == expected
+
+
+def test_hash_ignores_invisible_differences_and_case() -> None:
+    base = text_hash(normalize("Buy cheap watches now"))
+    assert text_hash(normalize("  BUY  cheap\u200b watches\tnow ")) == base
+    assert text_hash(normalize("Ｂｕｙ cheap watches now")) == base
+
+
+def test_hash_tells_different_words_apart() -> None:
+    assert text_hash(normalize("Buy cheap watches now")) != text_hash(normalize("Buy cheap watches today"))
+    assert len(text_hash("x")) == 32

@@ -1,0 +1,69 @@
+"""Text normalisation and the content hash behind the exact fast path.
+
+Normalisation is for *hashing* only: the model sees the original text. Its job is to make reposts that
+differ only in invisible ways (zero-width characters, compatibility forms such as full-width letters or
+ligatures, runs of whitespace, control characters) hash the same.
+
+Case policy: the hash is taken over the **case-folded** normalised text. Changing case is one of the
+cheapest spam edits, the default base model (all-MiniLM-L6-v2) is uncased and would score such a repost
+at ~1.0 anyway, and a moderator reading ``stage: "exact"`` expects "the same words", not "the same
+bytes". The hash path therefore catches case-only reposts without running the model. ``normalize``
+itself keeps case, so its output stays readable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+import unicodedata
+
+# Invisible characters that are not in category Cf but are used to pad or disguise text:
+# combining grapheme joiner, Hangul fillers, Khmer inherent vowels, variation selectors.
+_EXTRA_INVISIBLE = [
+    0x034F,
+    0x115F,
+    0x1160,
+    0x17B4,
+    0x17B5,
+    0x3164,
+    0xFFA0,
+    *range(0xFE00, 0xFE10),
+    *range(0xE0100, 0xE01F0),
+]
+
+
+def _build_table() -> dict[int, str | None]:
+    """One translate table: whitespace-like controls → space; other controls, format, surrogates → gone."""
+    table: dict[int, str | None] = {}
+    # Control, format and surrogate code points live only in planes 0, 1 and 14 (checked against
+    # unicodedata); scanning just those keeps import time small.
+    for code in itertools.chain(range(0x20000), range(0xE0000, 0xF0000)):
+        category = unicodedata.category(chr(code))
+        if category == "Cc":
+            table[code] = " " if chr(code).isspace() else None
+        elif category in ("Cf", "Cs"):
+            table[code] = None
+    for code in _EXTRA_INVISIBLE:
+        table[code] = None
+    return table
+
+
+_TABLE = _build_table()
+_WHITESPACE = re.compile(r"\s+")
+
+
+def normalize(text: str) -> str:
+    """Strip invisible and control characters, apply NFKC, collapse whitespace, trim.
+
+    Invisible characters go *before* NFKC so that a zero-width character wedged inside a combining
+    sequence cannot stop it from composing (``"e\\u200b\\u0301"`` normalises like ``"é"``).
+    Newlines and tabs count as whitespace and collapse to one space.
+    """
+    cleaned = unicodedata.normalize("NFKC", text.translate(_TABLE))
+    return _WHITESPACE.sub(" ", cleaned.translate(_TABLE)).strip()
+
+
+def text_hash(normalised: str) -> str:
+    """Content hash of already-normalised text: BLAKE2b-128 hex of its case-folded UTF-8 bytes."""
+    return hashlib.blake2b(normalised.casefold().encode("utf-8"), digest_size=16).hexdigest()

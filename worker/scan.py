@@ -1,0 +1,139 @@
+"""The batch step over a JSONL file: one-off deduplication of a dump, and evaluation.
+
+Each line is a record in arrival order: topic = the file's name, offset = the line number (from 1),
+timestamp 0. Scans use partition 1, not 0, so their order keys ``(0, 1 << 40 | line)`` come after every
+bulk-loaded corpus document ``(0, line)`` and before every stream document: ``scan --index`` over a
+loaded corpus matches against all of it. Output: one JSON line per input line, in input order —
+``{"line", "id", "duplicate_of", "score", "flagged", "matches", "stage"}`` for a document (``score`` is
+the best earlier match's, flagged or not), ``{"line", "error"}`` for a bad line, ``{"line", "deleted"}``
+for a deletion.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from worker.batch import Record, StepConfig, run_batch
+from worker.embed import Encoder
+from worker.logs import get_logger
+from worker.schema import DeadLetter, Decision
+from worker.search import VectorIndex
+
+SCAN_PARTITION = 1
+log = get_logger("scan")
+
+
+@dataclass(slots=True)
+class ScanSummary:
+    lines: int = 0
+    documents: int = 0
+    flagged: int = 0
+    errors: int = 0
+    deletions: int = 0
+
+
+def jsonl_records(path: Path, partition: int, batch_size: int) -> Iterator[tuple[list[Record], int]]:
+    """Lines of a JSONL file as records, ``batch_size`` at a time, with the bytes each batch consumed."""
+    batch: list[Record] = []
+    consumed = 0
+    with path.open("rb") as source:
+        for line_no, raw in enumerate(source, start=1):
+            consumed += len(raw)
+            value = raw.rstrip(b"\r\n")
+            batch.append(Record(path.name, partition, line_no, 0, key=None, value=value))
+            if len(batch) >= batch_size:
+                yield batch, consumed
+                batch, consumed = [], 0
+    if batch:
+        yield batch, consumed
+
+
+def progress_bar(path: Path, desc: str, *, enabled: bool) -> tqdm[None]:
+    """Progress in bytes of the input file, to stderr (stdout may carry data)."""
+    return tqdm(
+        total=path.stat().st_size, unit="B", unit_scale=True, desc=desc, file=sys.stderr, disable=not enabled
+    )
+
+
+class _Collector:
+    """An in-memory ``FlagPublisher`` keeping only what ``scan`` writes out: dead letters by line."""
+
+    def __init__(self, dlq_topic: str) -> None:
+        self._dlq_topic = dlq_topic
+        self.errors: dict[int, str] = {}
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        if topic == self._dlq_topic:
+            letter = DeadLetter.model_validate_json(value)
+            self.errors[letter.source.offset] = letter.reason
+
+    def flush(self, timeout_s: float) -> None:
+        return None
+
+
+def scan(
+    input_path: Path,
+    output_path: Path,
+    encoder: Encoder,
+    index: VectorIndex,
+    threshold: float,
+    batch_size: int = 256,
+    top_k: int = 5,
+    *,
+    max_message_bytes: int = 1_000_000,
+    progress: bool = True,
+) -> ScanSummary:
+    """Decide every line of ``input_path`` against earlier lines (and the index); write ``output_path``.
+
+    The documents are upserted into ``index`` like the stream's; the caller owns (and closes) it.
+    """
+    index.ensure(encoder.dim, encoder.version)
+    config = StepConfig(
+        threshold=threshold, model_version=encoder.version, top_k=top_k, max_message_bytes=max_message_bytes
+    )
+    summary = ScanSummary()
+    with (
+        output_path.open("w", encoding="utf-8") as sink,
+        progress_bar(input_path, "scan", enabled=progress) as bar,
+    ):
+        for records, consumed in jsonl_records(input_path, SCAN_PARTITION, batch_size):
+            collector = _Collector(config.dlq_topic)
+            result = run_batch(records, encoder, index, collector, config)
+            index.maintain()
+            decided = {d.source.offset: d for d in map(Decision.model_validate, result.decisions)}
+            for record in records:
+                sink.write(_line(record.offset, decided.get(record.offset), collector.errors) + "\n")
+            summary.lines += len(records)
+            summary.documents += result.documents
+            summary.flagged += result.flags
+            summary.errors += result.dead_letters
+            summary.deletions += result.deletions
+            bar.update(consumed)
+    index.flush()
+    log.info("scan_done", input=input_path.name, **asdict(summary))
+    return summary
+
+
+def _line(line: int, decision: Decision | None, errors: dict[int, str]) -> str:
+    out: dict[str, object]
+    if decision is not None:
+        out = {
+            "line": line,
+            "id": decision.id,
+            "duplicate_of": decision.duplicate_of,
+            "score": decision.score,
+            "flagged": decision.flagged,
+            "matches": [m.model_dump() for m in decision.matches],
+            "stage": decision.stage,
+        }
+    elif line in errors:
+        out = {"line": line, "error": errors[line]}
+    else:  # neither decided nor dead-lettered: the only other outcome of run_batch is a deletion
+        out = {"line": line, "deleted": True}
+    return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
