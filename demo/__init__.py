@@ -1,0 +1,1 @@
+"""twinflag's demo: the project's own repost stream (``demo.posts``) and the ``make demo`` driver."""
