@@ -1,0 +1,43 @@
+# twinflag: two commands from a fresh clone (`make demo`, `make test`); the rest for development.
+# Every target installs what it needs first; re-runs skip the install unless pyproject.toml or
+# requirements.lock changed (the stamp file).
+
+PYTHON ?= $(shell command -v python3.11 || echo python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?= ../shared/data
+# Optional: an index for the torch wheel, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu on a
+# Linux machine without a GPU (PyPI's Linux wheel is the CUDA build, about 3 GB with its libraries).
+TORCH_INDEX ?=
+
+.PHONY: venv demo test model bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c "import sys; sys.exit(sys.version_info[:2] != (3, 11))" || { echo "twinflag needs Python 3.11 (set PYTHON=python3.11)" >&2; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
+		-c requirements.lock -e ".[dev]"
+	@touch $(STAMP)
+
+demo: venv
+	$(BIN)/python -m demo
+
+test: venv
+	$(BIN)/python -m pytest tests/unit tests/integration
+
+model: venv
+	$(BIN)/python -m trainer default --data-dir $(DATA_DIR) --out models/default
+
+bench: venv
+	$(BIN)/python -m bench
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/mypy --strict demo/posts.py
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache demo/out bench/out
