@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--posts", type=Path, default=ROOT / "demo" / "posts.jsonl")
     parser.add_argument("--truth", type=Path, default=ROOT / "demo" / "truth.jsonl")
     parser.add_argument("--model", type=Path, help="model directory (default: models/default or zero-shot)")
-    parser.add_argument("--rate", type=float, default=0.0, help="posts per second to offer (0: as fast as possible)")
+    parser.add_argument("--rate", type=float, default=0.0, help="posts/s to offer (0: all at once)")
     parser.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
     args = parser.parse_args(argv)
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             "TWINFLAG_LOG_FORMAT": "json",
         }
         log = (work / "worker.log").open("wb")
-        worker = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env,  # noqa: S603
+        worker = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env,
                                   stdout=log, stderr=subprocess.STDOUT)
         consumer = KafkaConsumer("decisions", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                  enable_auto_commit=False, group_id=None)
