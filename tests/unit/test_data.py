@@ -1,0 +1,158 @@
+"""The pair loader (bad rows counted, never fatal), the hold-out split, clusters and the batch layout."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.data import (
+    DataError,
+    Pair,
+    build_training_set,
+    clusters_of,
+    load_pairs,
+    make_batches,
+    read_pairs,
+    read_rows,
+    split_holdout,
+)
+from trainer.losses import negative_mask
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_tsv_bad_rows_are_counted_by_reason(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "pairs.tsv",
+        "text_a\ttext_b\tlabel\n"
+        "How do I cook rice?\tHow to cook rice?\t1\n"
+        '"He said ""hi"""\tA quoted field\t0\n'  # good: CSV quoting inside a TSV
+        "\tempty anchor\t1\n"  # empty text
+        "only one column\n"  # missing column
+        '"unclosed quote\tb\t1\n'  # broken quoting
+        "a\tb\tmaybe\n"  # bad label
+        "a\tb\t1\textra\n"  # extra column
+        "no label given\tstill a pair\t\n"  # empty label means duplicate
+        "\n",  # blank lines are not rows
+    )
+    pairs, report = read_pairs(path)
+    assert pairs == [
+        Pair("How do I cook rice?", "How to cook rice?", 1),
+        Pair('He said "hi"', "A quoted field", 0),
+        Pair("no label given", "still a pair", 1),
+    ]
+    assert report.rows == 8
+    assert dict(report.bad) == {
+        "empty_text": 1,
+        "missing_column": 1,
+        "broken_quoting": 1,
+        "bad_label": 1,
+        "extra_column": 1,
+    }
+    fingerprint = report.fingerprint()
+    assert (fingerprint.rows, fingerprint.bad_rows, fingerprint.used_rows) == (8, 5, 3)
+    assert len(fingerprint.sha256) == 64
+
+
+def test_csv_and_jsonl_and_absent_label(tmp_path: Path) -> None:
+    csv_file = write(tmp_path, "p.csv", 'text_a,text_b\n"one, two",three\n')
+    jsonl = write(
+        tmp_path,
+        "p.jsonl",
+        '{"text_a": "x", "text_b": "y", "label": 0}\n'
+        '{"text_a": "x", "text_b": "z"}\n'
+        "{not json}\n"
+        '["a", "list"]\n'
+        '{"text_a": "x"}\n'
+        '{"text_a": "x", "text_b": 5}\n',
+    )
+    pairs, reports = load_pairs([csv_file, jsonl])
+    assert pairs == [Pair("one, two", "three", 1), Pair("x", "y", 0), Pair("x", "z", 1)]
+    assert dict(reports[1].bad) == {"invalid_json": 2, "missing_column": 1, "not_text": 1}
+
+
+def test_scoring_rows_keep_their_places(tmp_path: Path) -> None:
+    path = write(tmp_path, "s.tsv", 'text_a\ttext_b\nfirst\tpair\n\tempty is kept\n"broken\tx\nlast\tone\n')
+    rows, _ = read_rows(path, allow_empty=True)
+    assert rows == [Pair("first", "pair", 1), Pair("", "empty is kept", 1), None, Pair("last", "one", 1)]
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("h.tsv", "a\tb\nx\ty\n"), ("e.tsv", ""), ("x.parquet", "text_a\ttext_b\n")],
+)
+def test_unusable_files_are_errors(tmp_path: Path, name: str, text: str) -> None:
+    with pytest.raises(DataError):
+        read_pairs(write(tmp_path, name, text))
+
+
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError):
+        read_pairs(tmp_path / "absent.tsv")
+
+
+def test_holdout_is_deterministic_and_groups_by_anchor() -> None:
+    pairs = [Pair(f"anchor {i // 3}", f"other {i}", i % 2) for i in range(3000)]
+    kept, held = split_holdout(pairs, 0.1)
+    _again_kept, again_held = split_holdout(list(reversed(pairs)), 0.1)
+    assert set(held) == set(again_held)
+    assert 0.05 < len(held) / len(pairs) < 0.15
+    assert not {p.text_a for p in kept} & {p.text_a for p in held}
+    assert split_holdout(pairs, 0.0) == (pairs, [])
+
+
+def test_union_find_clusters() -> None:
+    assert clusters_of([(0, 1), (1, 2), (4, 3)], 6) == [0, 0, 0, 3, 3, 5]
+
+
+def test_training_set_clusters_hard_negatives_and_conflicts() -> None:
+    pairs = [
+        Pair("A", "B", 1),
+        Pair("b", "C", 1),  # same text as "B" up to case: A~B~C is one cluster
+        Pair("D", "E", 1),
+        Pair("A", "D", 0),  # labelled non-duplicate: hard negative both ways
+        Pair("C", "A", 0),  # contradicts the positives: dropped and counted
+        Pair("A", "F", 0),  # F is in no positive pair: a singleton cluster
+    ]
+    data = build_training_set(pairs)
+    ids = {text: i for i, text in enumerate(data.texts)}
+    assert data.texts == ["A", "B", "C", "D", "E", "F"]
+    cluster = data.clusters
+    assert cluster[ids["A"]] == cluster[ids["B"]] == cluster[ids["C"]] != cluster[ids["D"]]
+    assert data.examples == [(0, 1), (1, 2), (3, 4)]
+    assert data.hard_negatives[cluster[0]] == [ids["D"], ids["F"]]
+    assert data.hard_negatives[cluster[3]] == [ids["A"]]
+    assert data.conflicts == 1
+
+
+def test_batches_keep_duplicate_clusters_apart_and_carry_hard_negatives() -> None:
+    pairs = [Pair("A", "B", 1), Pair("B", "C", 1), Pair("D", "E", 1), Pair("G", "H", 1), Pair("A", "D", 0)]
+    data = build_training_set(pairs)
+    batches = make_batches(data, [0, 1, 2, 3], batch_size=4, rng=random.Random(0), hard_per_example=1)
+    # (A,B) and (B,C) share a cluster: the second waits for the next batch.
+    assert [len(b.anchors) for b in batches] == [3, 1]
+    first = batches[0]
+    assert len(first.candidates) == 3 + 2  # three positives, then D (for A's cluster) and A (for D's)
+    assert len(set(first.anchor_clusters)) == 3
+    mask = negative_mask(torch.tensor(first.anchor_clusters), torch.tensor(first.candidate_clusters))
+    for i, cluster in enumerate(first.anchor_clusters):
+        for j, other in enumerate(first.candidate_clusters):
+            assert bool(mask[i, j]) == (cluster != other)
+        assert not mask[i, i]  # a row's own positive is never its negative
+    assert sorted(first.candidates[3:]) == ["A", "D"]
+
+
+def test_every_example_lands_in_exactly_one_batch() -> None:
+    pairs = [Pair(f"q{i}", f"q{i + 1}", 1) for i in range(0, 40, 2)] + [Pair("q0", "q2", 1)]
+    data = build_training_set(pairs)
+    order = list(range(len(data.examples)))
+    batches = make_batches(data, order, batch_size=6, rng=random.Random(1), hard_per_example=0)
+    assert sum(len(b.anchors) for b in batches) == len(data.examples)

@@ -1,0 +1,448 @@
+"""One contract for every ``VectorIndex`` backend, checked against a small reference model in numpy.
+
+Run against Qdrant Edge on disk, qdrant-client's local mode, and a real Qdrant server when
+``QDRANT_URL`` is set — the way qdrant-client holds its local mode against a server. Data is small
+(dim 16, a few hundred points), so every backend searches exactly and results must match the model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from worker.search import (
+    EdgeIndex,
+    HashQuery,
+    IndexMismatchError,
+    IndexPoint,
+    Neighbour,
+    OrderKey,
+    QdrantIndex,
+    Query,
+    VectorIndex,
+)
+
+DIM = 16
+MODEL = "m1"
+
+# Local mode says that it ignores payload indexes and search params; that is expected here.
+LOCAL_MODE_WARNINGS = [
+    pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Local mode performs exact:UserWarning"),
+]
+
+
+def unit(rng: np.random.Generator) -> np.ndarray:
+    v = rng.standard_normal(DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def point(
+    doc_id: str, vector: np.ndarray, *, tenant: str = "a", order: OrderKey = (0, 0), text_hash: str = ""
+) -> IndexPoint:
+    return IndexPoint(
+        doc_id=doc_id,
+        tenant=tenant,
+        vector=vector,
+        text_hash=text_hash or f"hash-{doc_id}",
+        order=order,
+        model=MODEL,
+        created_at="2024-01-01T00:00:00Z",
+    )
+
+
+@dataclass
+class Model:
+    """What the index should hold and answer: the contract, written as plain Python."""
+
+    points: dict[tuple[str, str], IndexPoint] = field(default_factory=dict)
+
+    def upsert(self, points: list[IndexPoint]) -> None:
+        self.points.update({(p.tenant, p.doc_id): p for p in points})
+
+    def delete(self, tenant: str | None, doc_ids: list[str]) -> int:
+        gone = [key for key in self.points if key[1] in doc_ids and tenant in (None, key[0])]
+        for key in gone:
+            del self.points[key]
+        return len(gone)
+
+    def candidates(self, tenant: str, before: OrderKey, doc_id: str) -> list[IndexPoint]:
+        return [
+            p for p in self.points.values() if p.tenant == tenant and p.order < before and p.doc_id != doc_id
+        ]
+
+    def search(self, q: Query, k: int) -> list[str]:
+        scored = [
+            (-float(p.vector @ q.vector), p.order, p.doc_id)
+            for p in self.candidates(q.tenant, q.before, q.doc_id)
+        ]
+        return [doc for _, _, doc in sorted(scored)[:k]]
+
+    def find_hash(self, q: HashQuery) -> str | None:
+        same = [p for p in self.candidates(q.tenant, q.before, q.doc_id) if p.text_hash == q.text_hash]
+        return min(same, key=lambda p: (p.order, p.doc_id)).doc_id if same else None
+
+
+@dataclass
+class Backend:
+    name: str
+    make: Callable[[], VectorIndex]  # a new handle on the same store: opening it again is a reload
+    handles: list[VectorIndex] = field(default_factory=list)
+
+    def open(self) -> VectorIndex:
+        index = self.make()
+        self.handles.append(index)
+        return index
+
+    def ready(self) -> VectorIndex:
+        index = self.open()
+        index.ensure(DIM, MODEL)
+        return index
+
+
+@pytest.fixture(
+    params=[
+        "edge",
+        pytest.param("qdrant-local", marks=LOCAL_MODE_WARNINGS),
+        pytest.param("qdrant-server", marks=LOCAL_MODE_WARNINGS),
+    ]
+)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    collection = f"contract-{uuid.uuid4().hex[:12]}"
+    if request.param == "edge":
+        # Tiny thresholds so maintain() really builds HNSW segments out of a few hundred points.
+        b = Backend(
+            "edge", lambda: EdgeIndex(tmp_path / "index", optimize_every=100, indexing_threshold_kb=1)
+        )
+        yield b
+        for handle in b.handles:
+            handle.close()
+        return
+    from qdrant_client import QdrantClient
+
+    if request.param == "qdrant-local":
+        client = QdrantClient(":memory:")
+    else:
+        url = os.environ.get("QDRANT_URL")
+        if not url:
+            pytest.skip("QDRANT_URL not set: no real Qdrant server to hold the contract against")
+        client = QdrantClient(url=url, api_key=os.environ.get("QDRANT_API_KEY"), timeout=30)
+    b = Backend(request.param, lambda: QdrantIndex(client, collection))
+    yield b
+    for handle in b.handles:
+        handle.close()
+    if request.param == "qdrant-server":
+        client.delete_collection(collection)
+    client.close()
+
+
+@pytest.fixture
+def ready(backend: Backend) -> VectorIndex:
+    """One ensured index per test (hypothesis examples share it: the fixture is not re-run per example)."""
+    return backend.ready()
+
+
+def wait_for_maintenance(index: VectorIndex, timeout_s: float = 60.0) -> None:
+    """Drive maintain() until a background optimisation (Edge) has been swapped in."""
+    deadline = time.monotonic() + timeout_s
+    while getattr(index, "optimizing", False):
+        assert time.monotonic() < deadline, "optimisation did not finish in time"
+        time.sleep(0.05)
+        index.maintain()
+
+
+class TestVectorIndexContract:
+    # -- ensure -------------------------------------------------------------------------------------
+
+    def test_ensure_creates_then_accepts_the_same_space(self, backend: Backend) -> None:
+        index = backend.ready()
+        assert index.count() == 0
+        index.ensure(DIM, MODEL)  # idempotent on an open index
+        index.close()
+        backend.ready()  # and on a reopened one
+
+    def test_ensure_refuses_another_dimension(self, backend: Backend) -> None:
+        backend.ready().close()
+        with pytest.raises(IndexMismatchError) as err:
+            backend.open().ensure(DIM * 2, MODEL)
+        assert str(DIM) in str(err.value)
+        assert str(DIM * 2) in str(err.value)
+
+    def test_ensure_refuses_another_model_naming_both(self, backend: Backend) -> None:
+        backend.ready().close()
+        with pytest.raises(IndexMismatchError) as err:
+            backend.open().ensure(DIM, "m2-other")
+        assert MODEL in str(err.value)
+        assert "m2-other" in str(err.value)
+
+    # -- writes -------------------------------------------------------------------------------------
+
+    def test_upsert_is_idempotent(self, backend: Backend) -> None:
+        rng = np.random.default_rng(1)
+        index = backend.ready()
+        p = point("d1", unit(rng), order=(1, 0))
+        index.upsert([p])
+        index.upsert([p])
+        moved = point("d1", unit(rng), order=(1, 0))
+        index.upsert([moved])  # same (tenant, id): overwrites
+        assert index.count() == 1
+        stored = index.fetch([("a", "d1")])[("a", "d1")].vector
+        np.testing.assert_allclose(stored, moved.vector, atol=1e-6)
+
+    def test_upsert_refuses_order_keys_floats_cannot_compare(self, backend: Backend) -> None:
+        index = backend.ready()
+        with pytest.raises(ValueError, match="2\\*\\*53"):
+            index.upsert([point("d1", unit(np.random.default_rng(0)), order=(2**53, 0))])
+
+    # -- search -------------------------------------------------------------------------------------
+
+    def test_search_matches_the_model(self, backend: Backend) -> None:
+        """Only earlier points of the same tenant, never itself, best first, at most k."""
+        rng = np.random.default_rng(7)
+        index, model = backend.ready(), Model()
+        # ts has few values so that (ts, pos) ties on ts are common and pos decides.
+        points = [
+            point(
+                f"d{i}",
+                unit(rng),
+                tenant="ab"[i % 2],
+                order=(int(rng.integers(0, 4)), int(rng.integers(0, 30))),
+            )
+            for i in range(80)
+        ]
+        index.upsert(points)
+        model.upsert(points)
+        queries = [Query(p.vector, p.tenant, p.order, p.doc_id) for p in points[:20]]
+        queries.append(Query(points[0].vector, "a", (99, 0), points[0].doc_id))  # later than all, not itself
+        results = index.search(queries, 5)
+        assert len(results) == len(queries)
+        for q, got in zip(queries, results, strict=True):
+            assert [n.doc_id for n in got] == model.search(q, 5)
+            scores = [n.score for n in got]
+            assert scores == sorted(scores, reverse=True)
+            for n in got:
+                stored = model.points[(q.tenant, n.doc_id)]
+                assert n.order == stored.order
+                assert n.order < q.before
+                assert n.score == pytest.approx(float(stored.vector @ q.vector), abs=1e-5)
+
+    def test_search_never_returns_the_query_itself(self, backend: Backend) -> None:
+        rng = np.random.default_rng(3)
+        index = backend.ready()
+        v = unit(rng)
+        index.upsert([point("self", v, order=(1, 1)), point("other", unit(rng), order=(1, 2))])
+        (got,) = index.search([Query(v, "a", (5, 0), "self")], 10)
+        assert [n.doc_id for n in got] == ["other"]
+
+    def test_search_is_strict_about_earlier(self, backend: Backend) -> None:
+        rng = np.random.default_rng(4)
+        index = backend.ready()
+        v = unit(rng)
+        index.upsert([point("same-key", v, order=(5, 3)), point("just-before", v, order=(5, 2))])
+        (got,) = index.search([Query(v, "a", (5, 3), "new")], 10)
+        assert [n.doc_id for n in got] == ["just-before"]
+
+    def test_tenants_are_isolated(self, backend: Backend) -> None:
+        rng = np.random.default_rng(5)
+        index = backend.ready()
+        v = unit(rng)
+        index.upsert([point("in-b", v, tenant="b", text_hash="h"), point("in-a", unit(rng), tenant="a")])
+        (got,) = index.search([Query(v, "a", (9, 0), "q")], 10)
+        assert [n.doc_id for n in got] == ["in-a"]
+        assert index.find_hashes([HashQuery("a", "h", (9, 0), "q")]) == [None]
+
+    def test_empty_batches(self, backend: Backend) -> None:
+        index = backend.ready()
+        assert index.search([], 5) == []
+        assert index.find_hashes([]) == []
+        assert index.fetch([]) == {}
+        assert index.delete("a", []) == 0
+        index.upsert([])
+        (got,) = index.search([Query(unit(np.random.default_rng(0)), "a", (1, 0), "q")], 5)
+        assert got == []
+
+    # -- find_hashes --------------------------------------------------------------------------------
+
+    def test_find_hashes_returns_the_earliest_earlier_point(self, backend: Backend) -> None:
+        rng = np.random.default_rng(6)
+        index = backend.ready()
+        index.upsert(
+            [
+                point("A", unit(rng), order=(5, 1), text_hash="h"),
+                point("B", unit(rng), order=(5, 0), text_hash="h"),
+                point("C", unit(rng), order=(3, 9), text_hash="h"),
+                point("D", unit(rng), order=(7, 0), text_hash="h"),
+                point("E", unit(rng), tenant="b", order=(0, 0), text_hash="h"),
+                point("F", unit(rng), order=(0, 0), text_hash="other"),
+            ]
+        )
+        got = index.find_hashes(
+            [
+                HashQuery("a", "h", (9, 9), "new"),
+                HashQuery("a", "h", (3, 9), "x"),  # C is not strictly earlier
+                HashQuery("a", "h", (9, 9), "C"),  # never itself: the next earliest
+                HashQuery("a", "h", (5, 1), "y"),
+                HashQuery("b", "h", (9, 9), "z"),
+                HashQuery("a", "nope", (9, 9), "w"),
+            ]
+        )
+        assert got == [
+            Neighbour("C", 1.0, (3, 9)),
+            None,
+            Neighbour("B", 1.0, (5, 0)),
+            Neighbour("C", 1.0, (3, 9)),
+            Neighbour("E", 1.0, (0, 0)),
+            None,
+        ]
+
+    def test_find_hashes_breaks_many_ties_on_ts_by_pos(self, backend: Backend) -> None:
+        """A bulk-loaded corpus has ts=0 everywhere: far more ties than the first probe sees.
+
+        Ties come back from the index in no useful order, so with 40 per tenant the earliest one is
+        outside the first probe in most tenants: only the second (pos-ordered) stage finds it.
+        """
+        rng = np.random.default_rng(8)
+        index = backend.ready()
+        tenants = [f"t{i}" for i in range(4)]
+        for tenant in tenants:
+            lines = list(range(40))
+            rng.shuffle(lines)
+            index.upsert(
+                [point(f"line{i}", unit(rng), tenant=tenant, order=(0, i), text_hash="spam") for i in lines]
+            )
+        queries = [HashQuery(t, "spam", (1, 0), me) for t in tenants for me in ("new", "line0")]
+        expected = [
+            Neighbour(winner, 1.0, (0, int(winner[4:]))) for _ in tenants for winner in ("line0", "line1")
+        ]
+        assert index.find_hashes(queries) == expected
+
+    # -- fetch --------------------------------------------------------------------------------------
+
+    def test_fetch_returns_stored_vectors_and_leaves_out_absent_keys(self, backend: Backend) -> None:
+        rng = np.random.default_rng(9)
+        index = backend.ready()
+        p1, p2 = point("d1", unit(rng), tenant="a"), point("d2", unit(rng), tenant="b")
+        index.upsert([p1, p2])
+        got = index.fetch([("a", "d1"), ("b", "d2"), ("a", "missing"), ("b", "d1"), ("a", "d1")])
+        assert set(got) == {("a", "d1"), ("b", "d2")}
+        for p in (p1, p2):
+            stored = got[(p.tenant, p.doc_id)]
+            assert (stored.tenant, stored.doc_id, stored.text_hash) == (p.tenant, p.doc_id, p.text_hash)
+            assert stored.vector.dtype == np.float32
+            np.testing.assert_allclose(stored.vector, p.vector, atol=1e-6)
+
+    # -- delete -------------------------------------------------------------------------------------
+
+    def test_delete_in_one_tenant_stops_matching_there(self, backend: Backend) -> None:
+        rng = np.random.default_rng(10)
+        index = backend.ready()
+        v = unit(rng)
+        index.upsert([point("X", v, tenant=t, order=(1, 0), text_hash="hx") for t in "ab"])
+        assert index.delete("a", ["X", "never-there"]) == 1
+        assert index.delete("a", ["X"]) == 0
+        assert index.count() == 1
+        got = index.search([Query(v, t, (9, 0), "q") for t in "ab"], 5)
+        assert [[n.doc_id for n in row] for row in got] == [[], ["X"]]
+        hashes = index.find_hashes([HashQuery(t, "hx", (9, 0), "q") for t in "ab"])
+        assert hashes == [None, Neighbour("X", 1.0, (1, 0))]
+        assert set(index.fetch([("a", "X"), ("b", "X")])) == {("b", "X")}
+
+    def test_delete_without_tenant_removes_the_id_everywhere(self, backend: Backend) -> None:
+        rng = np.random.default_rng(11)
+        index = backend.ready()
+        index.upsert([point(d, unit(rng), tenant=t) for t, d in itertools.product("ab", ["Y", "keep"])])
+        assert index.delete(None, ["Y", "nope"]) == 2
+        assert index.count() == 2
+        assert set(index.fetch([(t, d) for t, d in itertools.product("ab", ["Y", "keep"])])) == {
+            ("a", "keep"),
+            ("b", "keep"),
+        }
+        assert index.find_hashes([HashQuery(t, "hash-Y", (9, 0), "q") for t in "ab"]) == [None, None]
+
+    # -- durability and maintenance -----------------------------------------------------------------
+
+    def test_reopen_keeps_points_and_config(self, backend: Backend) -> None:
+        rng = np.random.default_rng(12)
+        index = backend.ready()
+        points = [point(f"d{i}", unit(rng), order=(1, i)) for i in range(10)]
+        index.upsert(points)
+        index.flush()
+        index.close()
+        again = backend.ready()
+        assert again.count() == 10
+        (got,) = again.search([Query(points[3].vector, "a", (2, 0), "q")], 1)
+        assert got[0].doc_id == "d3"
+        again.close()
+        with pytest.raises(IndexMismatchError):
+            backend.open().ensure(DIM + 1, MODEL)
+
+    def test_maintain_then_search_is_still_right(self, backend: Backend) -> None:
+        """Reads and writes while an optimisation runs, and after it is swapped in, match the model."""
+        rng = np.random.default_rng(13)
+        index, model = backend.ready(), Model()
+
+        def check() -> None:
+            queries = [Query(unit(rng), t, (10, 0), "q") for t in "ab" for _ in range(5)]
+            assert [[n.doc_id for n in row] for row in index.search(queries, 5)] == [
+                model.search(q, 5) for q in queries
+            ]
+            assert index.count() == len(model.points)
+
+        first = [point(f"d{i}", unit(rng), tenant="ab"[i % 2], order=(i % 5, i)) for i in range(300)]
+        index.upsert(first)
+        model.upsert(first)
+        index.maintain()  # Edge: copies the shard and starts the optimiser child
+        late = [point(f"late{i}", unit(rng), tenant="ab"[i % 2], order=(5, i)) for i in range(20)]
+        index.upsert(late)
+        model.upsert(late)
+        assert index.delete("a", ["d0"]) == model.delete("a", ["d0"]) == 1
+        moved = [point("d1", unit(rng), tenant="b", order=(1, 1))]  # an overwrite, journaled too
+        index.upsert(moved)
+        model.upsert(moved)
+        check()
+        wait_for_maintenance(index)
+        check()
+        assert index.fetch([("a", "d0")]) == {}
+        if isinstance(index, EdgeIndex):
+            state = index.describe()
+            assert state["shard"] == "shard-1"
+            assert state["indexed_vectors"] > 0
+        index.close()
+        backend.ready()  # the swapped-in shard is what the sidecar names
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(data=st.data())
+    def test_random_batches_match_the_model(self, ready: VectorIndex, data: st.DataObject) -> None:
+        """Each example writes under a fresh tenant, so examples share one index without meeting."""
+        index = ready
+        tenant = uuid.uuid4().hex[:8]
+        rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+        n = data.draw(st.integers(1, 25))
+        orders = data.draw(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 6)), min_size=n, max_size=n))
+        hashes = data.draw(st.lists(st.sampled_from("xyz"), min_size=n, max_size=n))
+        points = [
+            point(f"d{i}", unit(rng), tenant=tenant, order=o, text_hash=h)
+            for i, (o, h) in enumerate(zip(orders, hashes, strict=True))
+        ]
+        model = Model()
+        model.upsert(points)
+        index.upsert(points)
+        gone = data.draw(st.lists(st.sampled_from([p.doc_id for p in points]), max_size=3))
+        assert index.delete(tenant, gone) == model.delete(tenant, gone)
+        before = data.draw(st.tuples(st.integers(0, 4), st.integers(0, 7)))
+        me = data.draw(st.sampled_from([p.doc_id for p in points] + ["new"]))
+        q = Query(unit(rng), tenant, before, me)
+        (got,) = index.search([q], 4)
+        assert [x.doc_id for x in got] == model.search(q, 4)
+        hq = [HashQuery(tenant, h, before, me) for h in "xyz"]
+        assert [x.doc_id if x else None for x in index.find_hashes(hq)] == [model.find_hash(h) for h in hq]

@@ -1,0 +1,305 @@
+"""The model directory contract: round trip, refusal of pickles and links, and the encoders.
+
+Tiny models only, except one check that the default base model embeds exactly as
+sentence-transformers does (loaded once for the session).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
+
+from trainer.vocab import train_wordpiece
+from worker.embed import TorchEncoder, load_encoder, token_batches
+from worker.model import (
+    BiLSTMEncoder,
+    BiLSTMParams,
+    Manifest,
+    ModelFormatError,
+    Thresholds,
+    UnsafeModelError,
+    check_model_dir,
+    from_sentence_transformer,
+    load_model_dir,
+    pad_batch,
+    save_model_dir,
+)
+
+TEXTS = [
+    "how do i learn python quickly",
+    "what is the fastest way to learn python",
+    "best pizza in new york",
+    "where to eat pizza in nyc",
+    "is the earth flat",
+    "why do people think the earth is flat",
+]
+
+
+def tiny_tokenizer() -> Tokenizer:
+    return train_wordpiece(TEXTS * 3, vocab_size=200, min_frequency=1)
+
+
+def tiny_bilstm_dir(path: Path, seed: int = 0) -> tuple[Path, BiLSTMEncoder, Tokenizer]:
+    """A random bilstm saved as a model directory."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    params = BiLSTMParams(vocab_size=tokenizer.get_vocab_size(), embedding_dim=8, hidden_size=8)
+    module = BiLSTMEncoder(params, dim=12).eval()
+    manifest = Manifest(
+        architecture="bilstm",
+        hyperparameters=params,
+        dim=12,
+        max_tokens=16,
+        pooling="mean_max",
+        thresholds=Thresholds(decision=0.8),
+    )
+    save_model_dir(path, manifest, module, tokenizer)
+    return path, module, tokenizer
+
+
+def tiny_sentence_transformer(path: Path, seed: int = 0) -> Path:
+    """A randomly initialised tiny BERT laid out like a sentence-transformers directory."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    config = BertConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    path.mkdir(parents=True)
+    bert = BertModel(config, add_pooling_layer=False)
+    save_file({k: v.contiguous() for k, v in bert.state_dict().items()}, str(path / "model.safetensors"))
+    config.to_json_file(str(path / "config.json"))
+    tokenizer.save(str(path / "tokenizer.json"))
+    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 32}))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Round trip
+
+
+def test_bilstm_round_trip_gives_the_same_embeddings(tmp_path: Path) -> None:
+    path, module, tokenizer = tiny_bilstm_dir(tmp_path / "m")
+    manifest, loaded, loaded_tokenizer = load_model_dir(path)
+    assert manifest.version.startswith("bilstm-")
+    assert len(manifest.version) == len("bilstm-") + 12
+    ids, mask = pad_batch([e.ids for e in tokenizer.encode_batch(TEXTS)], 0)
+    with torch.inference_mode():
+        assert torch.allclose(module(ids, mask), loaded(ids, mask))
+    assert (
+        loaded_tokenizer.to_str() == tokenizer.to_str()
+        or loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
+    )
+    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "model.safetensors", "tokenizer.json"]
+
+
+def test_transformer_export_round_trip(tmp_path: Path) -> None:
+    source = tiny_sentence_transformer(tmp_path / "st")
+    parts = from_sentence_transformer(source)
+    assert parts.max_tokens == 32
+    manifest = Manifest(
+        architecture="transformer",
+        hyperparameters=parts.params,
+        dim=16,
+        max_tokens=parts.max_tokens,
+        pooling="mean",
+        thresholds=Thresholds(decision=0.7),
+    )
+    save_model_dir(
+        tmp_path / "m", manifest, parts.module, parts.tokenizer, {"config.json": parts.config_json}
+    )
+    encoder = TorchEncoder(tmp_path / "m", device="cpu")
+    ids, mask = pad_batch([e.ids for e in parts.tokenizer.encode_batch(TEXTS)], 0)
+    with torch.inference_mode():
+        expected = parts.module(ids, mask).numpy()
+    np.testing.assert_allclose(encoder.embed(TEXTS), expected, atol=1e-6)
+
+
+def test_same_weights_same_version_and_saving_replaces_atomically(tmp_path: Path) -> None:
+    first = load_model_dir(tiny_bilstm_dir(tmp_path / "a", seed=1)[0])[0]
+    again = load_model_dir(tiny_bilstm_dir(tmp_path / "a", seed=1)[0])[0]  # overwrites in place
+    other = load_model_dir(tiny_bilstm_dir(tmp_path / "b", seed=2)[0])[0]
+    assert first.version == again.version != other.version
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
+
+
+# ---------------------------------------------------------------------------------------------
+# Safety
+
+
+@pytest.mark.parametrize(
+    "name", ["pytorch_model.bin", "model.pt", "weights.pkl", "x.ckpt", "arr.npy", "m.joblib"]
+)
+def test_pickle_capable_files_are_refused(tmp_path: Path, name: str) -> None:
+    path, _, _ = tiny_bilstm_dir(tmp_path / "m")
+    (path / name).write_bytes(b"\x80\x04K\x01.")  # a pickle of the int 1
+    with pytest.raises(UnsafeModelError, match="pickle"):
+        load_model_dir(path)
+
+
+def test_unknown_file_kinds_are_refused(tmp_path: Path) -> None:
+    path, _, _ = tiny_bilstm_dir(tmp_path / "m")
+    (path / "weights.model").write_bytes(b"?")
+    with pytest.raises(UnsafeModelError, match="unexpected file"):
+        load_model_dir(path)
+
+
+def test_a_pickle_in_a_subdirectory_is_refused(tmp_path: Path) -> None:
+    path, _, _ = tiny_bilstm_dir(tmp_path / "m")
+    (path / "extra").mkdir()
+    (path / "extra" / "optimizer.pt").write_bytes(b"")
+    with pytest.raises(UnsafeModelError):
+        check_model_dir(path)
+
+
+def test_links_are_refused_even_inside_the_directory(tmp_path: Path) -> None:
+    path, _, _ = tiny_bilstm_dir(tmp_path / "m")
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    (path / "notes.json").symlink_to(outside)
+    with pytest.raises(UnsafeModelError, match="link"):
+        load_model_dir(path)
+    (path / "notes.json").unlink()
+    (path / "tokenizer.json").rename(path / "real.json")
+    (path / "tokenizer.json").symlink_to(path / "real.json")
+    with pytest.raises(UnsafeModelError):
+        load_model_dir(path)
+
+
+def test_the_directory_itself_may_be_a_link(tmp_path: Path) -> None:
+    path, _, _ = tiny_bilstm_dir(tmp_path / "v1")
+    (tmp_path / "current").symlink_to(path)
+    assert load_model_dir(tmp_path / "current")[0].architecture == "bilstm"
+
+
+def test_weights_changed_after_export_are_refused(tmp_path: Path) -> None:
+    path, module, _ = tiny_bilstm_dir(tmp_path / "m")
+    state = {k: v + 1 for k, v in module.state_dict().items()}
+    save_file(state, str(path / "model.safetensors"))
+    with pytest.raises(ModelFormatError, match="version"):
+        load_model_dir(path)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_model_dir(tmp_path / "nothing")
+    path, _, _ = tiny_bilstm_dir(tmp_path / "m")
+    (path / "tokenizer.json").unlink()
+    with pytest.raises(ModelFormatError, match=r"tokenizer\.json"):
+        load_model_dir(path)
+    path, _, _ = tiny_bilstm_dir(tmp_path / "n")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["format_version"] = 2
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFormatError, match="manifest"):
+        load_model_dir(path)
+
+
+def test_saving_refuses_pickle_capable_extra_files(tmp_path: Path) -> None:
+    tokenizer = tiny_tokenizer()
+    params = BiLSTMParams(vocab_size=tokenizer.get_vocab_size(), embedding_dim=4, hidden_size=4)
+    manifest = Manifest(
+        architecture="bilstm",
+        hyperparameters=params,
+        dim=4,
+        max_tokens=8,
+        pooling="mean_max",
+        thresholds=Thresholds(decision=0.5),
+    )
+    with pytest.raises(UnsafeModelError):
+        save_model_dir(tmp_path / "m", manifest, BiLSTMEncoder(params, 4), tokenizer, {"opt.pt": b""})
+    assert not (tmp_path / "m").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_manifest_rejects_mismatched_architecture() -> None:
+    with pytest.raises(ValueError, match="hyperparameters"):
+        Manifest(
+            architecture="transformer",
+            hyperparameters=BiLSTMParams(vocab_size=10, embedding_dim=4, hidden_size=4),
+            dim=4,
+            max_tokens=8,
+            pooling="mean",
+            thresholds=Thresholds(decision=0.5),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# TorchEncoder
+
+
+def test_token_batches_respect_budget_and_count() -> None:
+    lengths = [5, 1, 9, 3, 3, 40, 2]
+    batches = token_batches(lengths, max_batch_tokens=12, max_batch_size=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 3
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 12
+    assert [5] in batches  # longer than the whole budget: alone
+
+
+def test_encoder_keeps_order_truncates_and_is_batch_independent(tmp_path: Path) -> None:
+    path, _, _ = tiny_bilstm_dir(tmp_path / "m")
+    encoder = load_encoder(path, "cpu", max_batch_tokens=20, max_batch_size=2)
+    texts = [*TEXTS, "pizza " * 500, ""]
+    together = encoder.embed(texts)
+    alone = np.stack([encoder.embed([t])[0] for t in texts])
+    assert together.dtype == np.float32
+    assert together.shape == (len(texts), 12)
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    assert encoder.embed([]).shape == (0, 12)
+    assert encoder.health()
+    assert encoder.version.startswith("bilstm-")
+    assert encoder.max_tokens == 16
+    assert encoder.threshold == 0.8
+
+
+def test_cuda_without_a_gpu_is_an_error(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    path, _, _ = tiny_bilstm_dir(tmp_path / "m")
+    with pytest.raises(RuntimeError, match="cuda"):
+        TorchEncoder(path, device="cuda")
+
+
+# ---------------------------------------------------------------------------------------------
+# The default base model, against sentence-transformers
+
+
+@pytest.fixture(scope="session")
+def minilm_zero_shot(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from trainer.export import export_pretrained
+    from worker.model import default_base_model
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    out = tmp_path_factory.mktemp("zero-shot") / "model"
+    export_pretrained(default_base_model(), out, device="cpu")
+    return default_base_model(), out
+
+
+def test_minilm_embeddings_equal_sentence_transformers(minilm_zero_shot: tuple[Path, Path]) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    base, exported = minilm_zero_shot
+    texts = ["How can I stop my depression ?", "What can I do to stop being depressed ?", "word " * 400, "ok"]
+    reference = SentenceTransformer(str(base), device="cpu").encode(texts, convert_to_numpy=True)
+    ours = TorchEncoder(exported, device="cpu").embed(texts)
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+    manifest = json.loads((exported / "manifest.json").read_text())
+    assert manifest["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert manifest["max_tokens"] == 256
+    assert manifest["thresholds"]["calibrated_on"] is None

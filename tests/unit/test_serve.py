@@ -1,0 +1,45 @@
+"""The status endpoint: /healthz, /readyz with its reasons, /metrics in Prometheus text format."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+from worker.batch import BatchResult
+from worker.serve import Metrics, Readiness, StatusServer
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_health_readiness_and_metrics() -> None:
+    metrics, readiness = Metrics(), Readiness()
+    with StatusServer("127.0.0.1", 0, metrics, readiness) as server:
+        assert get(server.port, "/healthz") == (200, "ok\n")
+        status, body = get(server.port, "/readyz")
+        assert status == 503
+        assert "model not loaded" in body
+        assert "broker not connected" in body
+
+        readiness.model_loaded = readiness.index_ready = readiness.broker_connected = True
+        assert get(server.port, "/readyz") == (200, "ready\n")
+        readiness.backing_off = True
+        assert get(server.port, "/readyz")[0] == 503
+
+        result = BatchResult(records=4, documents=3, flags=1, dead_letters=1)
+        result.decisions = [{"flagged": True, "stage": "exact"}, {"flagged": False, "stage": None}]
+        metrics.observe(result, 0.02, {"invalid_json": 1})  # type: ignore[arg-type]
+        metrics.lag.set(7)
+        status, text = get(server.port, "/metrics")
+        assert status == 200
+        assert "twinflag_records_total 4.0" in text
+        assert 'twinflag_flags_total{stage="exact"} 1.0' in text
+        assert 'twinflag_dead_letters_total{reason="invalid_json"} 1.0' in text
+        assert "twinflag_consumer_lag 7.0" in text
+        assert "twinflag_batch_seconds_bucket" in text
+        assert get(server.port, "/nope")[0] == 404

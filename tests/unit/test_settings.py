@@ -1,0 +1,127 @@
+"""Settings: environment parsing, validation of security modes, secrets that never show."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+from structlog.testing import capture_logs
+
+from worker.__main__ import kafka_options, load_settings
+from worker.settings import ENV_PREFIX, KafkaSettings, WorkerSettings, settings_markdown
+
+SECRET = "hunter2-do-not-print"
+SASL = {
+    "security_protocol": "SASL_SSL",
+    "sasl_mechanism": "SCRAM-SHA-512",
+    "sasl_username": "twinflag",
+    "sasl_password": SECRET,
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_need_no_environment() -> None:
+    settings = WorkerSettings()
+    assert settings.kafka.input_topic == "documents"
+    assert settings.kafka.flags_topic == "duplicate-flags"
+    assert settings.kafka.dlq_topic == "documents.dlq"
+    assert settings.kafka.decisions_topic is None
+    assert settings.kafka.delivery == "at-least-once"
+    assert settings.index.backend == "embedded"
+    assert settings.model.threshold is None
+
+
+def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TWINFLAG_KAFKA__BOOTSTRAP_SERVERS", "k1:9092,k2:9092")
+    monkeypatch.setenv("TWINFLAG_KAFKA__MAX_POLL_RECORDS", "64")
+    monkeypatch.setenv("TWINFLAG_MODEL__THRESHOLD", "0.9")
+    monkeypatch.setenv("TWINFLAG_TOP_K", "3")
+    settings = WorkerSettings()
+    assert settings.kafka.max_poll_records == 64
+    assert settings.model.threshold == 0.9
+    assert settings.top_k == 3
+    assert kafka_options(settings.kafka)["bootstrap_servers"] == ["k1:9092", "k2:9092"]
+
+
+def test_settings_are_frozen() -> None:
+    settings = WorkerSettings()
+    with pytest.raises(ValidationError):
+        settings.top_k = 9  # type: ignore[misc]
+
+
+def test_index_backend_follows_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TWINFLAG_INDEX__URL", "https://qdrant:6333")
+    monkeypatch.setenv("TWINFLAG_INDEX__API_KEY", SECRET)
+    settings = WorkerSettings()
+    assert settings.index.backend == "qdrant"
+    assert SECRET not in repr(settings)
+    assert SECRET not in settings.model_dump_json()
+
+
+@pytest.mark.parametrize("missing", ["sasl_mechanism", "sasl_username", "sasl_password"])
+def test_sasl_protocols_need_mechanism_and_credentials(missing: str) -> None:
+    options = {k: v for k, v in SASL.items() if k != missing}
+    with pytest.raises(ValidationError, match=missing) as raised:
+        KafkaSettings.model_validate(options)
+    assert SECRET not in str(raised.value)  # a validation error never echoes the input
+
+
+def test_sasl_password_is_a_secret_everywhere_but_the_client_options() -> None:
+    settings = WorkerSettings(kafka=KafkaSettings.model_validate(SASL))
+    assert SECRET not in repr(settings)
+    assert SECRET not in str(settings)
+    assert SECRET not in settings.model_dump_json()
+    options = kafka_options(settings.kafka)
+    assert options["sasl_plain_password"] == SECRET
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert options["security_protocol"] == "SASL_SSL"
+
+
+def test_plaintext_sends_no_credentials() -> None:
+    options = kafka_options(KafkaSettings())
+    assert not any(key.startswith(("sasl_", "ssl_")) for key in options)
+
+
+def test_exactly_once_needs_a_transactional_id() -> None:
+    with pytest.raises(ValidationError, match="transactional_id"):
+        KafkaSettings(delivery="exactly-once")
+    assert KafkaSettings(delivery="exactly-once", transactional_id="w-0").delivery == "exactly-once"
+
+
+def test_invalid_environment_exits_2_naming_the_setting_not_the_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TWINFLAG_KAFKA__SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("TWINFLAG_KAFKA__SASL_PASSWORD", SECRET)
+    with capture_logs() as logged, pytest.raises(SystemExit) as exited:
+        load_settings()
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "TWINFLAG_KAFKA" in err
+    assert "sasl_mechanism" in err
+    assert SECRET not in err
+    assert SECRET not in repr(logged)
+
+
+def test_markdown_lists_every_setting_with_its_environment_variable() -> None:
+    table = settings_markdown()
+    for name in (
+        "TWINFLAG_KAFKA__BOOTSTRAP_SERVERS",
+        "TWINFLAG_KAFKA__SASL_PASSWORD",
+        "TWINFLAG_KAFKA__DELIVERY",
+        "TWINFLAG_INDEX__API_KEY",
+        "TWINFLAG_MODEL__PATH",
+        "TWINFLAG_METRICS_PORT",
+        "TWINFLAG_LOG_FORMAT",
+    ):
+        assert f"| `{name}` |" in table
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert all(line.count(" | ") >= 3 and not line.endswith("|  |") for line in rows)  # a description each
+    assert '`"at-least-once"` \\| `"exactly-once"`' in table

@@ -1,0 +1,284 @@
+"""Kafka → batches of ``Record``s; commit what was processed. Auto-commit is off: nothing is committed
+that the loop has not finished (published, flushed, indexed).
+
+``Source`` is what the loop needs; ``KafkaSource`` wraps a ``kafka.KafkaConsumer`` and translates its
+failures into ``worker.errors`` (an outage is ``BrokerUnavailableError``, a group that moved on is
+``RebalancedError``), so the loop never handles a kafka-python exception.
+
+Group membership and slow batches. kafka-python heartbeats from a background thread, so a long batch
+does not end the *session*; but a gap between two polls longer than ``max_poll_interval_ms`` makes the
+consumer leave the group, its commit is refused, and the batch is redone by whoever gets the partition.
+To keep that from turning into a loop, ``KafkaSource`` measures the gap between polls and halves its
+batch size whenever a batch used more than half of ``max_poll_interval_ms`` (or a commit was refused),
+then grows it back one step per quick batch. Rebalances themselves need no care on revoke: the loop
+commits after each finished batch and before the next poll (where rebalance callbacks run), so at
+revoke time nothing half-done exists, and a new owner starts from the last commit.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    KafkaError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
+from kafka.structs import OffsetAndMetadata
+
+from worker.batch import Record
+from worker.errors import BrokerUnavailableError, RebalancedError
+from worker.logs import get_logger
+
+Partition = tuple[str, int]
+"""(topic, partition); ``kafka.TopicPartition`` is a namedtuple of the same shape."""
+
+Offsets = Mapping[Partition, int]
+
+log = get_logger("consume")
+
+_REFUSED_COMMIT = (CommitFailedError, IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError)
+
+
+class Source(Protocol):
+    """What the loop consumes from."""
+
+    def poll(self, max_records: int | None = None) -> list[Record]:
+        """The next batch: up to ``max_records`` (and the source's own limit), or what came in time."""
+
+    def commit(self, offsets: Offsets) -> None:
+        """Commit ``last_offset + 1`` per partition (see ``next_offsets``). Raises ``RebalancedError``."""
+
+    def rewind(self, offsets: Offsets) -> None:
+        """Seek back so the next poll starts at these offsets again (an unfinished batch's first)."""
+
+    def group_metadata(self) -> object:
+        """The consumer group snapshot a transactional producer commits offsets with."""
+
+    def lag(self) -> int | None:
+        """Records between the position and the end of the assigned partitions; None if unknown."""
+
+    def close(self, timeout_s: float) -> None: ...
+
+
+def next_offsets(records: Sequence[Record]) -> dict[Partition, int]:
+    """The offsets to commit after ``records``: per partition, the last offset + 1."""
+    offsets: dict[Partition, int] = {}
+    for record in records:
+        key = (record.topic, record.partition)
+        offsets[key] = max(offsets.get(key, 0), record.offset + 1)
+    return offsets
+
+
+def first_offsets(records: Sequence[Record]) -> dict[Partition, int]:
+    """Where ``records`` started, per partition: where to rewind to if the batch is not finished."""
+    offsets: dict[Partition, int] = {}
+    for record in records:
+        key = (record.topic, record.partition)
+        offsets[key] = min(offsets.get(key, record.offset), record.offset)
+    return offsets
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is untyped
+    def __init__(self, source: KafkaSource) -> None:
+        self._source = source
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self._source.drop_buffers({(tp.topic, tp.partition) for tp in revoked})
+        log.info("partitions_revoked", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("partitions_assigned", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+
+
+class KafkaSource:
+    """A subscribed ``KafkaConsumer`` (built with ``enable_auto_commit=False``) as a ``Source``.
+
+    Batches are merged across partitions in order-key order ``(timestamp, partition, offset)``. Fetched
+    records wait in per-partition buffers; a record is handed out only when no partition that has not
+    been read to its end could still hold an earlier one (its buffer reaches past that timestamp), or
+    when ``poll_timeout_s`` is up. Otherwise a backlog, which Kafka hands out partition by partition,
+    would let a repost be decided before the original it repeats (in another partition, earlier by
+    timestamp) had been seen. Buffered records are never committed (only what a batch returned is) and
+    are fetched again after a rewind or a rebalance. Buffers grow at most by what arrives within one
+    ``poll_timeout_s``. (No ``pause()``: kafka-python 3.0.12 can strand a partially drained fetch of a
+    paused partition and never fetch that partition again; seen against Tansu.)
+    """
+
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        topic: str,
+        *,
+        max_records: int,
+        poll_timeout_s: float,
+        max_poll_interval_s: float,
+        request_timeout_s: float,
+        probe_every_s: float = 5.0,
+    ) -> None:
+        if consumer.config["enable_auto_commit"]:
+            raise ValueError("KafkaSource needs a consumer with enable_auto_commit=False")
+        self._consumer = consumer
+        self._max_records = max_records
+        self._limit = max_records
+        self._poll_timeout_s = poll_timeout_s
+        self._max_poll_interval_s = max_poll_interval_s
+        self._request_timeout_ms = int(request_timeout_s * 1000)
+        self._probe_every_s = probe_every_s
+        self._last_poll: float | None = None
+        self._last_size = 0
+        self._last_contact = time.monotonic()
+        self._next: dict[Partition, int] = {}  # per partition: the offset after the last record returned
+        self._buffers: dict[Partition, collections.deque[Record]] = {}
+        consumer.subscribe([topic], listener=_Listener(self))
+
+    @property
+    def batch_limit(self) -> int:
+        """The current most records per batch (adapts to slow batches)."""
+        return self._limit
+
+    def poll(self, max_records: int | None = None) -> list[Record]:
+        now = time.monotonic()
+        if self._last_poll is not None and self._last_size:  # the gap was a batch's processing time
+            self._adapt(now - self._last_poll)
+        want = self._limit if max_records is None else max(1, min(self._limit, max_records))
+        deadline = now + self._poll_timeout_s
+        while True:
+            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            bound = self._bound() if remaining_ms else math.inf  # time is up: take what is here, in order
+            if remaining_ms == 0 or self._ready(bound, want) >= want:
+                break
+            self._fetch(remaining_ms, want)
+        records = self._merge(want, bound)
+        self._last_poll, self._last_size = time.monotonic(), len(records)
+        if records:
+            self._last_contact = self._last_poll
+            self._next.update(next_offsets(records))
+        elif self._last_poll - self._last_contact > self._probe_every_s:
+            self._probe()
+        return records
+
+    def _fetch(self, timeout_ms: int, want: int) -> None:
+        try:
+            polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=want)
+        except KafkaError as error:
+            raise BrokerUnavailableError(f"poll failed: {type(error).__name__}") from error
+        for tp, batch in polled.items():
+            buffer = self._buffers.setdefault((tp.topic, tp.partition), collections.deque())
+            buffer.extend(Record(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value) for m in batch)
+            self._last_contact = time.monotonic()
+
+    def _bound(self) -> float:
+        """Records up to this timestamp can be put in order: a partition not read to its end bounds it
+        by the last timestamp buffered from it (nothing buffered from it: no record is safe yet)."""
+        bound = math.inf
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)  # from the last fetch response: no request
+            position = self._consumer.position(tp, timeout_ms=0)  # known after the first fetch: no request
+            if highwater is None or position is None or highwater > position:
+                buffer = self._buffers.get((tp.topic, tp.partition))
+                bound = min(bound, buffer[-1].timestamp_ms if buffer else -math.inf)
+        return bound
+
+    def _ready(self, bound: float, want: int) -> int:
+        """How many buffered records are at or below ``bound`` (counting stops at ``want``)."""
+        ready = 0
+        for buffer in self._buffers.values():
+            for record in buffer:
+                if record.timestamp_ms > bound or ready >= want:
+                    break
+                ready += 1
+        return ready
+
+    def _merge(self, want: int, bound: float) -> list[Record]:
+        """Up to ``want`` buffered records at or below ``bound``, smallest order key first."""
+        records: list[Record] = []
+        while len(records) < want:
+            heads = [b for b in self._buffers.values() if b and b[0].timestamp_ms <= bound]
+            if not heads:
+                break
+            first = min(heads, key=lambda b: (b[0].timestamp_ms, b[0].partition, b[0].offset))
+            records.append(first.popleft())
+        return records
+
+    def drop_buffers(self, partitions: set[Partition]) -> None:
+        """Forget what was fetched but not returned (rebalance: the new owner starts at the commit)."""
+        for partition in partitions:
+            self._buffers.pop(partition, None)
+            self._next.pop(partition, None)
+
+    def _adapt(self, gap_s: float) -> None:
+        if gap_s > self._max_poll_interval_s / 2 and self._limit > 1:
+            self._limit = max(1, self._limit // 2)
+            log.warning("slow_batch", seconds=round(gap_s, 3), batch_limit=self._limit)
+        elif gap_s < self._max_poll_interval_s / 8 and self._limit < self._max_records:
+            self._limit = min(self._max_records, self._limit * 2)
+
+    def _probe(self) -> None:
+        """An idle poll says nothing about the broker: ask it something cheap, with a timeout."""
+        assigned = list(self._consumer.assignment())
+        try:
+            if assigned:
+                self._consumer.end_offsets(assigned, timeout_ms=self._request_timeout_ms)
+            else:
+                self._consumer.topics()
+        except KafkaError as error:
+            raise BrokerUnavailableError(f"broker unreachable while idle: {type(error).__name__}") from error
+        self._last_contact = time.monotonic()
+
+    def commit(self, offsets: Offsets) -> None:
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(to_kafka(offsets), timeout_ms=self._request_timeout_ms)
+        except _REFUSED_COMMIT as error:
+            self._limit = max(1, self._limit // 2)
+            raise RebalancedError(
+                f"commit refused ({type(error).__name__}); batch limit now {self._limit}"
+            ) from error
+        except KafkaError as error:
+            raise BrokerUnavailableError(f"commit failed: {type(error).__name__}") from error
+        self._last_contact = time.monotonic()
+
+    def rewind(self, offsets: Offsets) -> None:
+        """Back to the batch's first offsets; buffered records are dropped and fetched again."""
+        self._last_contact = float("-inf")  # after a failure, an empty poll proves nothing: probe first
+        targets = {p: buffer[0].offset for p, buffer in self._buffers.items() if buffer}
+        targets.update(offsets)
+        self._buffers.clear()
+        assigned = self._consumer.assignment()
+        for (topic, partition), offset in targets.items():
+            tp = TopicPartition(topic, partition)
+            if tp in assigned:  # a partition revoked meanwhile restarts from its commit elsewhere
+                self._consumer.seek(tp, offset)
+                if (topic, partition) in offsets:
+                    self._next[(topic, partition)] = offset
+
+    def group_metadata(self) -> object:
+        return self._consumer.group_metadata()
+
+    def lag(self) -> int | None:
+        """From the high watermarks of the last fetches, without a request (Tansu's ListOffsets is off)."""
+        total, known = 0, False
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            position = self._next.get((tp.topic, tp.partition))
+            if highwater is not None and position is not None:
+                total, known = total + max(0, highwater - position), True
+        return total if known else None
+
+    def close(self, timeout_s: float) -> None:
+        self._consumer.close(autocommit=False, timeout_ms=int(timeout_s * 1000))
+
+
+def to_kafka(offsets: Offsets) -> dict[TopicPartition, OffsetAndMetadata]:
+    """Offsets in kafka-python's commit form."""
+    return {TopicPartition(t, p): OffsetAndMetadata(offset, "", -1) for (t, p), offset in offsets.items()}

@@ -1,0 +1,138 @@
+"""The loop: poll a batch → ``run_batch`` → flush the producer → flush the index → commit. Repeat.
+
+Offsets are committed only after the batch's output is acknowledged and its index writes are durable
+(exactly-once: inside the producer's transaction), and always ``last_offset + 1``. So a crash anywhere
+replays at most the uncommitted batch, which republishes byte-identical flags keyed by document id.
+
+Failures follow ``worker.errors.policy``: an outage (broker, index) rewinds to the batch start, backs off
+(bounded exponential), reports not-ready and retries by itself; a refused commit (the group moved on)
+drops the batch; anything else is logged with its traceback and re-raised without a commit, and the
+process exits non-zero. ``stop`` is checked between batches: a signal finishes the current batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from worker.batch import Record, StepConfig, run_batch
+from worker.consume import Source, first_offsets, next_offsets
+from worker.embed import Encoder
+from worker.errors import Action, BrokerUnavailableError, policy
+from worker.logs import get_logger
+from worker.publish import BatchPublisher
+from worker.search import VectorIndex
+from worker.serve import DeadLetterTally, Metrics, Readiness
+
+log = get_logger("loop")
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Waits between retries while a dependency is away: initial, doubled per failure, capped."""
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+
+
+def run(
+    consumer: Source,
+    encoder: Encoder,
+    index: VectorIndex,
+    publisher: BatchPublisher,
+    config: StepConfig,
+    stop: threading.Event,
+    *,
+    max_messages: int | None = None,
+    idle_timeout_s: float | None = None,
+    metrics: Metrics | None = None,
+    readiness: Readiness | None = None,
+    backoff: Backoff = Backoff(),
+    flush_timeout_s: float = 30.0,
+) -> int:
+    """Process batches until ``stop`` is set (production), or ``max_messages`` records are committed or
+    nothing arrived for ``idle_timeout_s`` (tests). Returns the number of records committed."""
+    metrics = metrics if metrics is not None else Metrics()
+    readiness = readiness if readiness is not None else Readiness()
+    done, delay, last_record = 0, backoff.initial_s, time.monotonic()
+    while not stop.is_set():
+        if max_messages is not None and done >= max_messages:
+            break
+        records: list[Record] = []
+        try:
+            records = consumer.poll(None if max_messages is None else max_messages - done)
+            readiness.broker_connected = True
+            if not records:
+                readiness.backing_off = False
+                if idle_timeout_s is not None and time.monotonic() - last_record >= idle_timeout_s:
+                    break
+                continue
+            _batch(records, consumer, encoder, index, publisher, config, metrics, flush_timeout_s)
+        except Exception as error:
+            publisher.abort()
+            if records:
+                consumer.rewind(first_offsets(records))
+            action = policy(error)
+            if action is Action.EXIT:
+                log.exception("batch_failed", records=len(records), error=type(error).__name__)
+                raise
+            metrics.backoffs.labels(error=type(error).__name__).inc()
+            if action is Action.DROP_BATCH:
+                log.warning("batch_dropped", records=len(records), reason=str(error))
+                continue
+            readiness.backing_off = True
+            readiness.broker_connected = not isinstance(error, BrokerUnavailableError)
+            log.warning("backing_off", seconds=delay, records=len(records), reason=str(error))
+            stop.wait(delay)
+            delay = min(delay * 2, backoff.max_s)
+            continue
+        done += len(records)
+        delay, last_record = backoff.initial_s, time.monotonic()
+        readiness.backing_off = False
+    return done
+
+
+def _batch(
+    batch: list[Record],
+    consumer: Source,
+    encoder: Encoder,
+    index: VectorIndex,
+    publisher: BatchPublisher,
+    config: StepConfig,
+    metrics: Metrics,
+    flush_timeout_s: float,
+) -> None:
+    """One batch, start to commit. Raises on any process-level problem, before the commit."""
+    started = time.perf_counter()
+    publisher.begin()
+    tally = DeadLetterTally(publisher, config.dlq_topic)
+    result = run_batch(batch, encoder, index, tally, config)
+    flushed = time.perf_counter()
+    publisher.flush(flush_timeout_s)
+    index.flush()
+    committing = time.perf_counter()
+    publisher.commit(next_offsets(batch), consumer)
+    finished = time.perf_counter()
+    index.maintain()
+    lag = consumer.lag()
+    if lag is not None:
+        metrics.lag.set(lag)
+    metrics.observe(result, finished - started, tally.codes)
+    timings = {f"{stage}_ms": ms for stage, ms in result.timings_ms.items()}
+    log.info(
+        "batch",
+        records=result.records,
+        documents=result.documents,
+        flags=result.flags,
+        exact=result.exact,
+        dead_letters=result.dead_letters,
+        deletions=result.deletions,
+        reused_vectors=result.reused_vectors,
+        **timings,
+        flush_ms=round((committing - flushed) * 1000, 3),
+        commit_ms=round((finished - committing) * 1000, 3),
+        total_ms=round((finished - started) * 1000, 3),
+        lag=lag,
+        partitions=sorted(f"{topic}/{partition}" for topic, partition in next_offsets(batch)),
+    )
