@@ -1,0 +1,753 @@
+"""Pairs → a trained twin encoder → a model directory. Reads top to bottom: ``train`` is the whole story.
+
+1. Load the pair files (bad rows counted), hold out a fixed fraction, build duplicate clusters.
+2. Build the encoder: the transformer from a sentence-transformers (or model) directory, or the
+   bilstm from scratch with a WordPiece vocabulary learnt from the training texts.
+3. Score the starting point on the dev sample: fine-tuning must beat it to be kept.
+4. Each epoch: mine hard negatives with the current model, lay out batches (in-batch negatives +
+   hard negatives + optional spam-edited positives), step with AdamW under the LR schedule, evaluate
+   on the dev sample (also every ``eval_every`` steps), keep the best weights, checkpoint.
+5. Restore the best weights, calibrate the threshold on the dev set, write the model directory.
+
+One forward pass per step embeds the anchors and all candidates together. On CUDA it runs under
+bf16 autocast (fp16 with a gradient scaler where bf16 is missing). On CPU a run with a seed and no
+time budget is reproducible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+from torch import nn
+from tqdm import tqdm
+
+from trainer.augment import spam_edit
+from trainer.data import (
+    Batch,
+    FileReport,
+    Pair,
+    TrainingSet,
+    build_training_set,
+    make_batches,
+    read_pairs,
+    sample_pairs,
+    split_holdout,
+)
+from trainer.evaluate import Metrics, choose_threshold, evaluate_scores, score_pairs
+from trainer.losses import DEFAULT_MARGINS, LOSSES, negative_mask
+from trainer.mine import mine_hard_negatives
+from trainer.settings import TrainSettings
+from trainer.vocab import train_wordpiece
+from worker import __version__
+from worker.embed import embed_texts, pick_device
+from worker.logs import get_logger
+from worker.model import (
+    CONFIG_FILE,
+    BiLSTMEncoder,
+    BiLSTMParams,
+    Manifest,
+    Thresholds,
+    TransformerEncoder,
+    TransformerParams,
+    configure_tokenizer,
+    from_sentence_transformer,
+    load_model_dir,
+    save_model_dir,
+    state_tensors,
+)
+
+log = get_logger("trainer")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure pieces
+
+
+def lr_at(progress: float, base_lr: float, warmup: float) -> float:
+    """Linear warm-up over the first ``warmup`` fraction, then linear decay to 0 at progress 1."""
+    progress = min(max(progress, 0.0), 1.0)
+    if warmup > 0 and progress < warmup:
+        return base_lr * progress / warmup
+    return base_lr * max(0.0, 1.0 - progress) / (1.0 - warmup)
+
+
+def epoch_examples(n_examples: int, seed: int, epoch: int, per_epoch: int | None) -> list[int]:
+    """The examples of one epoch: a full permutation, or the ``epoch``-th slice of ``per_epoch`` taken
+    from an endless sequence of permutations (so short epochs still cover all the data in turn)."""
+    if per_epoch is None:
+        return _permutation(n_examples, seed, epoch)
+    start = epoch * per_epoch
+    out: list[int] = []
+    cycle, offset = divmod(start, n_examples)
+    while len(out) < per_epoch:
+        perm = _permutation(n_examples, seed, cycle)
+        out += perm[offset : offset + per_epoch - len(out)]
+        cycle, offset = cycle + 1, 0
+    return out
+
+
+def _permutation(n: int, seed: int, cycle: int) -> list[int]:
+    order = list(range(n))
+    random.Random(f"{seed}:{cycle}").shuffle(order)  # noqa: S311 - shuffling, not secrets
+    return order
+
+
+def augment_batch(batch: Batch, fraction: float, rng: random.Random) -> Batch:
+    """Add rows ``anchor ~ spam_edit(anchor)`` for about ``fraction`` of the rows (same cluster)."""
+    if fraction <= 0:
+        return batch
+    rows = len(batch.anchors)
+    chosen = [i for i in range(rows) if rng.random() < fraction]
+    if not chosen:
+        return batch
+    anchors = batch.anchors + [batch.anchors[i] for i in chosen]
+    edited = [spam_edit(batch.anchors[i], rng) for i in chosen]
+    clusters = batch.anchor_clusters + [batch.anchor_clusters[i] for i in chosen]
+    return Batch(
+        anchors=anchors,
+        candidates=batch.candidates[:rows] + edited + batch.candidates[rows:],
+        anchor_clusters=clusters,
+        candidate_clusters=clusters + batch.candidate_clusters[rows:],
+    )
+
+
+def code_version() -> str:
+    """twinflag's version and, inside a git checkout, the commit (``-dirty`` with local changes)."""
+    try:
+        described = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],  # noqa: S607 - git from PATH, read-only
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+{described}" if described else __version__
+
+
+# ---------------------------------------------------------------------------------------------
+# Model set-up
+
+
+@dataclass
+class Initial:
+    """An encoder ready to train, and what its manifest will say about where it came from."""
+
+    module: nn.Module
+    tokenizer: Tokenizer
+    params: TransformerParams | BiLSTMParams
+    dim: int
+    max_tokens: int
+    base_model: str | None
+    extra_files: dict[str, str | bytes] = field(default_factory=dict)
+    pretrained: bool = True
+
+
+def init_model(settings: TrainSettings, data: TrainingSet) -> Initial:
+    """The encoder to start from: see the module docstring, step 2."""
+    if settings.arch == "bilstm":
+        if settings.init is not None:
+            return _from_model_dir(settings.init)
+        sizes = settings.bilstm
+        tokenizer = train_wordpiece(data.texts, vocab_size=sizes.vocab_size)
+        params = BiLSTMParams(
+            vocab_size=tokenizer.get_vocab_size(),
+            embedding_dim=sizes.embedding_dim,
+            hidden_size=sizes.hidden_size,
+            num_layers=sizes.num_layers,
+            dropout=sizes.dropout,
+        )
+        module = BiLSTMEncoder(params, sizes.dim, pad_token_id=0)
+        return Initial(module, tokenizer, params, sizes.dim, 128, None, pretrained=False)
+    from worker.model import default_base_model
+
+    source = settings.init if settings.init is not None else default_base_model()
+    if (source / "manifest.json").is_file():
+        return _from_model_dir(source)
+    parts = from_sentence_transformer(source)
+    return Initial(
+        parts.module,
+        parts.tokenizer,
+        parts.params,
+        parts.params.hidden_size,
+        parts.max_tokens,
+        parts.base_model,
+        {CONFIG_FILE: parts.config_json},
+    )
+
+
+def _from_model_dir(path: Path) -> Initial:
+    manifest, module, tokenizer = load_model_dir(path)
+    extra: dict[str, str | bytes] = {}
+    if manifest.architecture == "transformer":
+        extra[CONFIG_FILE] = (path / CONFIG_FILE).read_text(encoding="utf-8")
+    return Initial(
+        module,
+        tokenizer,
+        manifest.hyperparameters,
+        manifest.dim,
+        manifest.max_tokens,
+        manifest.version,
+        extra,
+    )
+
+
+def freeze(module: nn.Module, layers: int) -> None:
+    """Transformer only: freeze the embeddings and the first ``layers`` layers (-1 freezes nothing).
+
+    Saves CPU time (no gradient below the first trainable layer, no Adam state for the 30k×384
+    word embeddings) and keeps a gentle fine-tune from drifting far from the base model.
+    """
+    if not isinstance(module, TransformerEncoder) or layers < 0:
+        return
+    module.bert.embeddings.requires_grad_(False)
+    encoder_layers = module.bert.encoder.layer
+    for layer in encoder_layers[: min(layers, len(encoder_layers) - 1)]:  # the top layer always trains
+        layer.requires_grad_(False)
+
+
+def clone_tokenizer(tokenizer: Tokenizer, max_tokens: int) -> Tokenizer:
+    return configure_tokenizer(Tokenizer.from_str(tokenizer.to_str()), max_tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: safetensors for tensors, JSON for the rest (nothing pickled)
+
+
+@dataclass
+class RunState:
+    """Where a run is; what a checkpoint restores besides tensors."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    elapsed_s: float = 0.0
+    examples_seen: int = 0
+    best_score: float = -math.inf
+    best_step: int = -1
+    history: list[dict[str, float]] = field(default_factory=list)
+    mined: dict[int, list[int]] = field(default_factory=dict)
+    mined_epoch: int = -1
+
+
+def save_checkpoint(
+    run_dir: Path,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: RunState,
+    best: dict[str, torch.Tensor] | None,
+    settings_json: str,
+) -> None:
+    """Write ``run_dir/checkpoint`` atomically: weights, optimizer, best weights, RNG, state."""
+    tmp = run_dir / "checkpoint.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file(state_tensors(module), str(tmp / "model.safetensors"))
+    if best is not None:
+        save_file(best, str(tmp / "best.safetensors"))
+    opt = optimizer.state_dict()
+    tensors = {
+        f"{index}.{key}": value.detach().cpu().contiguous()
+        for index, slot in opt["state"].items()
+        for key, value in slot.items()
+        if isinstance(value, torch.Tensor)
+    }
+    tensors["rng.torch"] = torch.get_rng_state()
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    meta = {
+        "state": {**state.__dict__, "mined": {str(k): v for k, v in state.mined.items()}},
+        "param_groups": opt["param_groups"],
+        "settings": json.loads(settings_json),
+    }
+    (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
+    final = run_dir / "checkpoint"
+    if final.exists():
+        old = run_dir / "checkpoint.old"
+        final.rename(old)
+        tmp.rename(final)
+        for file in old.iterdir():
+            file.unlink()
+        old.rmdir()
+    else:
+        tmp.rename(final)
+
+
+def load_checkpoint(
+    run_dir: Path, module: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[RunState, dict[str, torch.Tensor] | None]:
+    """Restore what ``save_checkpoint`` wrote; returns the run state and the best weights."""
+    folder = run_dir / "checkpoint"
+    meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    module.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    torch.set_rng_state(tensors.pop("rng.torch"))
+    slots: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        slots.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
+    raw = meta["state"]
+    raw["mined"] = {int(k): v for k, v in raw["mined"].items()}
+    best_file = folder / "best.safetensors"
+    best = load_file(str(best_file)) if best_file.is_file() else None
+    return RunState(**raw), best
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation on the dev set
+
+
+def dev_metrics(
+    module: nn.Module,
+    tokenizer: Tokenizer,
+    pairs: Sequence[Pair],
+    device: str,
+    autocast_dtype: torch.dtype | None,
+) -> tuple[Metrics, np.ndarray]:
+    """Metrics (and the scores) of the module on labelled pairs; the module is left in train mode."""
+    module.eval()
+    scores = score_pairs(
+        lambda texts: embed_texts(
+            module,
+            tokenizer,
+            texts,
+            pad_token_id=_pad_id(tokenizer),
+            device=device,
+            autocast_dtype=autocast_dtype,
+        ),
+        [p.text_a for p in pairs],
+        [p.text_b for p in pairs],
+    )
+    module.train()
+    return evaluate_scores(scores, [p.label for p in pairs]), scores
+
+
+def _pad_id(tokenizer: Tokenizer) -> int:
+    pad = tokenizer.token_to_id("[PAD]")
+    return 0 if pad is None else int(pad)
+
+
+def calibrate(
+    scores: np.ndarray,
+    labels: Sequence[int],
+    target_precision: float,
+    name: str,
+) -> tuple[Thresholds, Metrics]:
+    """Thresholds for the manifest from dev scores: the target-precision one decides."""
+    metrics = evaluate_scores(scores, labels)
+    choice = choose_threshold(scores, labels, target_precision)
+    if not choice.met:
+        log.warning("target precision not reached", target=target_precision, precision=choice.precision)
+    thresholds = Thresholds(
+        decision=round(choice.threshold, 6),
+        target_precision=target_precision,
+        precision=choice.precision,
+        recall=choice.recall,
+        best_f1=metrics.best_f1,
+        best_f1_threshold=metrics.best_f1_threshold,
+        calibrated_on=name,
+    )
+    return thresholds, metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class TrainResult:
+    """The manifest written, and the trained module and tokenizer still in memory (CPU, eval mode)."""
+
+    manifest: Manifest
+    out: Path
+    history: list[dict[str, float]]
+    module: nn.Module
+    tokenizer: Tokenizer
+
+
+def load_training_pairs(settings: TrainSettings) -> tuple[list[Pair], list[FileReport]]:
+    """Training pairs of every file minus its held-out fraction; reports say how many were used."""
+    pairs: list[Pair] = []
+    reports: list[FileReport] = []
+    for path in settings.train:
+        more, report = read_pairs(path)
+        kept, _ = split_holdout(more, settings.holdout)
+        report.used = len(kept)
+        pairs += kept
+        reports.append(report)
+        log.info(
+            "pairs read",
+            file=report.name,
+            rows=report.rows,
+            bad_rows=report.bad_rows,
+            bad=dict(report.bad),
+            used=len(kept),
+        )
+    return pairs, reports
+
+
+def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
+    """Train, select on dev, calibrate, export. See the module docstring for the steps."""
+    started = time.monotonic()
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    random.seed(settings.seed)
+    np.random.seed(settings.seed)  # any library code that draws from numpy's global RNG
+    torch.manual_seed(settings.seed)
+    device = pick_device(settings.device)
+    autocast_dtype = None
+    if device == "cuda":
+        autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    # 1. data
+    if not settings.train:
+        raise ValueError("no training files given")
+    pairs, reports = load_training_pairs(settings)
+    data = build_training_set(pairs)
+    if not data.examples:
+        raise ValueError("the training files hold no duplicate pairs")
+    log.info(
+        "training set",
+        distinct_posts=len(data.texts),
+        examples=len(data.examples),
+        clusters_with_hard_negatives=len(data.hard_negatives),
+        conflicts=data.conflicts,
+    )
+    dev_pairs: list[Pair] = []
+    dev_report: FileReport | None = None
+    if settings.dev is not None:
+        dev_pairs, dev_report = read_pairs(settings.dev)
+    select_pairs = sample_pairs(dev_pairs, settings.dev_max_pairs, settings.seed)
+
+    # 2. model
+    initial = init_model(settings, data)
+    module = initial.module.to(device)
+    freeze(module, settings.freeze_layers)
+    module.train()
+    train_tokenizer = clone_tokenizer(initial.tokenizer, min(settings.train_max_tokens, initial.max_tokens))
+    eval_tokenizer = clone_tokenizer(initial.tokenizer, initial.max_tokens)
+    pad_id = _pad_id(initial.tokenizer)
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.effective_lr, weight_decay=settings.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
+    loss_fn = LOSSES[settings.loss]
+    margin = settings.margin if settings.margin is not None else DEFAULT_MARGINS[settings.loss]
+    run_dir = settings.effective_run_dir
+    settings_json = settings.model_dump_json()
+
+    state = RunState()
+    best: dict[str, torch.Tensor] | None = None
+    if settings.resume and (run_dir / "checkpoint" / "state.json").is_file():
+        state, best = load_checkpoint(run_dir, module, optimizer)
+        log.info("resumed", run_dir=str(run_dir), step=state.step, epoch=state.epoch)
+
+    def evaluate_now(label: str) -> None:
+        nonlocal best
+        if not select_pairs:
+            return
+        metrics, _ = dev_metrics(module, eval_tokenizer, select_pairs, device, autocast_dtype)
+        state.history.append({"step": state.step, "epoch": state.epoch, **metrics.as_dict()})
+        improved = metrics.primary > state.best_score
+        if improved:
+            state.best_score, state.best_step = metrics.primary, state.step
+            best = state_tensors(module)
+        log.info(
+            "dev",
+            at=label,
+            step=state.step,
+            average_precision=round(metrics.average_precision, 4),
+            roc_auc=round(metrics.roc_auc, 4),
+            best_f1=round(metrics.best_f1, 4),
+            kept=improved,
+        )
+
+    # 3. the starting point is a candidate too: a fine-tune that does not beat it is not kept
+    if state.step == 0 and initial.pretrained:
+        evaluate_now("start")
+
+    # 4. epochs
+    per_epoch = settings.examples_per_epoch or len(data.examples)
+    steps_per_epoch = math.ceil(per_epoch / settings.batch_size)
+    planned = settings.epochs * steps_per_epoch
+    if settings.max_steps is not None:
+        planned = min(planned, settings.max_steps)
+    bar = tqdm(
+        total=planned,
+        initial=state.step,
+        disable=not progress,
+        file=sys.stderr,
+        unit="step",
+        dynamic_ncols=True,
+    )
+    clock = time.monotonic() - state.elapsed_s
+    stop = False
+
+    def progress_now() -> float:
+        """Fraction of training done: by steps, or by the time budget when that runs out first."""
+        fraction = state.step / planned
+        if settings.time_budget_s is not None:
+            fraction = max(fraction, (time.monotonic() - clock) / settings.time_budget_s)
+        return fraction
+
+    while state.epoch < settings.epochs and not stop:
+        if progress_now() >= 1.0:
+            stop = True
+            break
+        if _mine_due(settings, initial.pretrained, state):
+            state.mined = mine_for_epoch(
+                module, eval_tokenizer, data, settings, state.epoch, device, autocast_dtype
+            )
+            state.mined_epoch = state.epoch
+        order = epoch_examples(len(data.examples), settings.seed, state.epoch, settings.examples_per_epoch)
+        batch_rng = random.Random(f"{settings.seed}:{state.epoch}:batches")  # noqa: S311 - not secrets
+        batches = make_batches(
+            data, order, settings.batch_size, batch_rng, settings.hard_negatives, state.mined
+        )
+        for index in range(state.batch_in_epoch, len(batches)):
+            aug_rng = random.Random(f"{settings.seed}:{state.epoch}:{index}:aug")  # noqa: S311 - not secrets
+            batch = augment_batch(batches[index], settings.augment, aug_rng)
+            fraction = progress_now()
+            if fraction >= 1.0:
+                stop = True
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(fraction, settings.effective_lr, settings.warmup)
+            tick = time.monotonic()
+            loss = train_step(
+                module,
+                train_tokenizer,
+                pad_id,
+                batch,
+                loss_fn,
+                margin,
+                optimizer,
+                scaler,
+                device,
+                autocast_dtype,
+            )
+            state.step += 1
+            state.batch_in_epoch = index + 1
+            state.examples_seen += len(batch.anchors)
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{loss:.4f}",
+                ex_s=f"{len(batch.anchors) / (time.monotonic() - tick):.1f}",
+                epoch=state.epoch,
+            )
+            if settings.eval_every and state.step % settings.eval_every == 0:
+                evaluate_now("step")
+            if state.step % settings.checkpoint_every == 0:
+                state.elapsed_s = time.monotonic() - clock
+                save_checkpoint(run_dir, module, optimizer, state, best, settings_json)
+        else:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            evaluate_now("epoch")
+    bar.close()
+    if stop and (not state.history or state.history[-1]["step"] != state.step):
+        evaluate_now("stop")
+    state.elapsed_s = time.monotonic() - clock
+    if settings.checkpoint_every <= state.step:
+        save_checkpoint(run_dir, module, optimizer, state, best, settings_json)
+
+    # 5. best weights, threshold, export
+    if best is not None:
+        module.load_state_dict(best)
+    module.eval()
+    thresholds, metrics = _final_thresholds(
+        module, eval_tokenizer, dev_pairs, dev_report, settings, device, autocast_dtype
+    )
+    manifest = Manifest(
+        architecture=settings.arch,
+        hyperparameters=initial.params,
+        dim=initial.dim,
+        max_tokens=initial.max_tokens,
+        pooling="mean" if settings.arch == "transformer" else "mean_max",
+        pad_token_id=pad_id,
+        thresholds=thresholds,
+        base_model=initial.base_model,
+        training_data=[r.fingerprint() for r in reports],
+        dev_data=dev_report.fingerprint() if dev_report else None,
+        dev_metrics=metrics.as_dict() if metrics else {},
+        training={
+            "loss": settings.loss,
+            "margin": margin,
+            "lr": settings.effective_lr,
+            "batch_size": settings.batch_size,
+            "hard_negatives": settings.hard_negatives,
+            "mine": settings.mine,
+            "augment": settings.augment,
+            "epochs": settings.epochs,
+            "steps": state.step,
+            "examples_seen": state.examples_seen,
+            "best_step": state.best_step,
+            "holdout": settings.holdout,
+            "seed": settings.seed,
+            "train_max_tokens": settings.train_max_tokens,
+            "freeze_layers": settings.freeze_layers,
+            "selection": f"dev average precision on {len(select_pairs)} pairs",
+            "history": [dict(h) for h in state.history],
+            "wall_s": round(time.monotonic() - started, 1),
+        },
+        code_version=code_version(),
+    )
+    final = save_model_dir(settings.out, manifest, module.cpu(), initial.tokenizer, initial.extra_files)
+    log.info(
+        "model written",
+        out=str(settings.out),
+        version=final.version,
+        steps=state.step,
+        best_step=state.best_step,
+        threshold=thresholds.decision,
+        dev_average_precision=round(metrics.average_precision, 4) if metrics else None,
+        wall_s=round(time.monotonic() - started, 1),
+    )
+    return TrainResult(final, settings.out, state.history, module, initial.tokenizer)
+
+
+def _mine_due(settings: TrainSettings, pretrained: bool, state: RunState) -> bool:
+    """Mine before every epoch once the model knows something: from epoch 0 when it starts pretrained."""
+    if not settings.mine or settings.hard_negatives == 0 or settings.mine_pool == 0:
+        return False
+    if state.mined_epoch == state.epoch:
+        return False  # resumed mid-epoch: the checkpoint carries this epoch's negatives
+    return state.epoch >= (0 if pretrained else 1)
+
+
+def _final_thresholds(
+    module: nn.Module,
+    tokenizer: Tokenizer,
+    dev_pairs: Sequence[Pair],
+    dev_report: FileReport | None,
+    settings: TrainSettings,
+    device: str,
+    autocast_dtype: torch.dtype | None,
+) -> tuple[Thresholds, Metrics | None]:
+    if not dev_pairs or dev_report is None:
+        log.warning("no dev set: shipping the uncalibrated default threshold", threshold=DEFAULT_THRESHOLD)
+        return Thresholds(decision=DEFAULT_THRESHOLD), None
+    pairs = sample_pairs(dev_pairs, settings.calibrate_max_pairs, settings.seed + 1)
+    metrics, scores = dev_metrics(module, tokenizer, pairs, device, autocast_dtype)
+    module.eval()
+    return calibrate(scores, [p.label for p in pairs], settings.target_precision, Path(dev_report.name).name)[
+        0
+    ], metrics
+
+
+DEFAULT_THRESHOLD = 0.8  # shipped only when no dev set was given to calibrate on
+
+
+def mine_for_epoch(
+    module: nn.Module,
+    tokenizer: Tokenizer,
+    data: TrainingSet,
+    settings: TrainSettings,
+    epoch: int,
+    device: str,
+    autocast_dtype: torch.dtype | None,
+) -> dict[int, list[int]]:
+    """Embed a pool (this epoch's anchors and positives, then random texts) and mine negatives for it."""
+    tick = time.monotonic()
+    order = epoch_examples(len(data.examples), settings.seed, epoch, settings.examples_per_epoch)
+    pool: dict[int, None] = {}
+    anchors: list[int] = []
+    for k in order:
+        if len(pool) + 2 > settings.mine_pool:
+            break
+        a, p = data.examples[k]
+        pool.setdefault(a)
+        pool.setdefault(p)
+        anchors.append(k)
+    rng = random.Random(f"{settings.seed}:{epoch}:pool")  # noqa: S311 - sampling, not secrets
+    others = [
+        t
+        for t in rng.sample(range(len(data.texts)), min(len(data.texts), settings.mine_pool))
+        if t not in pool
+    ]
+    for t in others[: max(0, settings.mine_pool - len(pool))]:
+        pool.setdefault(t)
+    rows = list(pool)
+    row_of = {t: i for i, t in enumerate(rows)}
+    module.eval()
+    vectors = embed_texts(
+        module,
+        tokenizer,
+        [data.texts[t] for t in rows],
+        pad_token_id=_pad_id(tokenizer),
+        device=device,
+        autocast_dtype=autocast_dtype,
+    )
+    module.train()
+    anchor_rows = [row_of[data.examples[k][0]] for k in anchors]
+    positive_rows = [row_of[data.examples[k][1]] for k in anchors]
+    positive_scores = (vectors[anchor_rows] * vectors[positive_rows]).sum(1)
+    found = mine_hard_negatives(
+        vectors,
+        [data.clusters[t] for t in rows],
+        anchor_rows,
+        positive_scores.tolist(),
+        k=settings.mine_k,
+        max_relative=settings.mine_max_relative,
+    )
+    mined = {cluster: [rows[i] for i in found_rows] for cluster, found_rows in found.items()}
+    log.info(
+        "mined", epoch=epoch, pool=len(rows), clusters=len(mined), seconds=round(time.monotonic() - tick, 1)
+    )
+    return mined
+
+
+def train_step(
+    module: nn.Module,
+    tokenizer: Tokenizer,
+    pad_id: int,
+    batch: Batch,
+    loss_fn: Any,
+    margin: float,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: str,
+    autocast_dtype: torch.dtype | None,
+) -> float:
+    """One optimisation step on one batch; returns the loss."""
+    from worker.model import pad_batch
+
+    texts = batch.anchors + batch.candidates
+    ids = [e.ids for e in tokenizer.encode_batch(texts)]
+    input_ids, mask = pad_batch(ids, pad_id)
+    autocast = (
+        torch.autocast("cuda", dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    with autocast:
+        vectors = module(input_ids.to(device), mask.to(device))
+    vectors = vectors.float()
+    rows = len(batch.anchors)
+    anchor, candidates = vectors[:rows], vectors[rows:]
+    mask_neg = negative_mask(
+        torch.tensor(batch.anchor_clusters, device=device),
+        torch.tensor(batch.candidate_clusters, device=device),
+    )
+    loss = loss_fn(anchor, candidates[:rows], candidates, mask_neg, margin)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], 1.0)
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.detach())
