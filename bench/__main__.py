@@ -1,0 +1,143 @@
+"""``python -m bench [--quick] [--out bench] [--only SECTION ...] [--report-only]``: run the benchmarks and
+write ``bench/REPORT.md`` with its plots.
+
+Sections: throughput, stream_quality, pair_quality, latency, index_scaling. Each writes
+``OUT/results/<section>.json`` (with its machine and the command that reproduces it); the report is then
+rendered from every result present, so sections can be run separately (``--only``) or on another
+machine and the report reassembled (``--report-only``). Default: about 30 minutes on a 2-core CPU box;
+``--quick``: a few minutes, for a check that everything runs, not for figures to quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import latency, pair_quality, stream_quality, throughput
+from bench.report import load_results, machine, render
+from bench.throughput import ROOT, default_model
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+SECTIONS = ("throughput", "stream_quality", "pair_quality", "latency", "index_scaling")
+
+
+def _throughput(quick: bool, out: Path, work: Path, done: dict[str, Any]) -> dict[str, Any]:
+    n, batches, naive_n = (160, [32, 128], 20) if quick else (1000, [16, 64, 256], 200)
+    model = default_model()
+    command = (
+        f"python -m bench.throughput --n {n} --batches {' '.join(map(str, batches))} --naive-n {naive_n} "
+        f"--model {model.relative_to(ROOT)}"
+    )
+    return {**throughput.measure(n, 7, batches, naive_n, model, work), "command": command}
+
+
+def _stream_quality(quick: bool, out: Path, work: Path, done: dict[str, Any]) -> dict[str, Any]:
+    n = 0 if quick else 2000
+    results = stream_quality.measure(n, 11, work, stream_quality.models_to_compare(), quick=quick)
+    stream_quality.plot(results, out / "pr_curves.png")
+    return {
+        "results": results,
+        "command": f"python -m bench.stream_quality --n {n} --plot {_rel(out)}/pr_curves.png",
+    }
+
+
+def _pair_quality(quick: bool, out: Path, work: Path, done: dict[str, Any]) -> dict[str, Any]:
+    max_pairs = 200 if quick else 1000
+    return {
+        **pair_quality.measure(max_pairs),
+        "command": f"python -m bench.pair_quality --max-pairs {max_pairs}",
+    }
+
+
+def _latency(quick: bool, out: Path, work: Path, done: dict[str, Any]) -> dict[str, Any]:
+    tp = done.get("throughput") or {}
+    if "run" in tp:
+        rate, basis = (
+            0.5 * float(tp["run"]["docs_per_s"]),
+            "50% of the `worker run` rate measured in this run",
+        )
+    else:
+        rate, basis = 5.0, "a fixed 5 posts/s: no run throughput measured in this invocation"
+    n = 40 if quick else 400
+    result = latency.measure(rate, n, 13, default_model(), work)
+    latency.plot(result, out / "latency_cdf.png")
+    return {
+        **result,
+        "rate_basis": basis,
+        "command": f"python -m bench.latency --rate {rate:.2f} --n {n} --plot {_rel(out)}/latency_cdf.png",
+    }
+
+
+def _index_scaling(quick: bool, out: Path, work: Path, done: dict[str, Any]) -> dict[str, Any]:
+    from bench import index_scaling
+
+    # Default: its own quick ladder (10k, 50k; about 4 minutes here): the 1M ladder alone takes longer than
+    # the 30-minute budget. --quick: 10k points only, fewer queries.
+    args = ["--max-points", "10000", "--queries", "128", "--recall-queries", "50"] if quick else ["--quick"]
+    path = work / "index_scaling.json"
+    index_scaling.main([*args, "--out", str(path)])
+    return {**json.loads(path.read_text()), "command": "python -m bench.index_scaling " + " ".join(args)}
+
+
+RUNNERS: dict[str, Callable[[bool, Path, Path, dict[str, Any]], dict[str, Any]]] = {
+    "throughput": _throughput,
+    "stream_quality": _stream_quality,
+    "pair_quality": _pair_quality,
+    "latency": _latency,
+    "index_scaling": _index_scaling,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a check in a few minutes")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench", help="where REPORT.md and the PNGs go")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
+    parser.add_argument("--report-only", action="store_true", help="re-render from OUT/results/*.json")
+    args = parser.parse_args(argv)
+    top = "python -m bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    results_dir = args.out / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    done: dict[str, Any] = {}
+    if not args.report_only:
+        for section in args.only or SECTIONS:
+            started = time.monotonic()
+            print(f"== {section}", flush=True)
+            info = machine()
+            with tempfile.TemporaryDirectory(prefix=f"twinflag-bench-{section}-") as tmp:
+                result = RUNNERS[section](args.quick, args.out, Path(tmp), done)
+            result.update(machine=info, quick=args.quick, wall_s=round(time.monotonic() - started, 1))
+            if args.quick:
+                result["command"] += "  (as run by `python -m bench --quick`)"
+            done[section] = result
+            (results_dir / f"{section}.json").write_text(json.dumps(result, indent=2))
+            print(f"== {section} done in {result['wall_s']:.0f} s", flush=True)
+    results = load_results(results_dir)
+    if torch.cuda.is_available() and "gpu" not in results:
+        results["gpu"] = {
+            "device": torch.cuda.get_device_name(0),
+            "lines": ["A CUDA device is present; the sections above ran with `device=auto` where noted."],
+        }
+    (args.out / "REPORT.md").write_text(render(results, args.out, top))
+    print(f"wrote {args.out / 'REPORT.md'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Detection quality of the trainer's models against the zero-shot base model and a Jaccard baseline.
+
+Evaluation sets (never trained on): ``qqp/dev.tsv`` and the held-out tenth (by ``text_a`` hash, the
+trainer's own ``--holdout`` rule) of every training file — ``twitter/train.tsv`` above all. Prints:
+
+1. average precision of character n-gram Jaccard, zero-shot all-MiniLM-L6-v2, the fine-tuned
+   transformer (``--model``, or one trained here on a budget) and the bilstm, per evaluation set;
+2. CPU embedding speed of the bilstm against the transformer (texts/s, same texts, same threads);
+3. the table of losses tried: each trained for the same number of steps from the base model, with
+   its dev average precision (the selection metric, on a fixed dev sample).
+
+    python -m bench.train_quality --quick                       # ≤ 30 min on 2 CPU cores
+    python -m bench.train_quality --model models/default        # full sets, 150-step loss runs
+
+Figures go to stdout as Markdown and to ``--out`` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.baselines import char_jaccard
+from trainer.__main__ import default_settings, find_pair_files
+from trainer.data import Pair, read_pairs, sample_pairs, split_holdout
+from trainer.evaluate import average_precision, score_pairs
+from trainer.export import export_pretrained
+from trainer.losses import DEFAULT_MARGINS, LOSSES
+from trainer.settings import TrainSettings
+from trainer.train import train
+from worker.embed import TorchEncoder
+from worker.model import default_base_model
+
+HOLDOUT = 0.1
+
+
+def evaluation_sets(data_dir: Path, max_pairs: int | None) -> dict[str, list[Pair]]:
+    """qqp dev and the held-out tenth of each training file, each capped at ``max_pairs``."""
+    train_files, dev = find_pair_files(data_dir)
+    sets: dict[str, list[Pair]] = {}
+    if dev is not None:
+        sets[f"{dev.parent.name}/{dev.name}"] = read_pairs(dev)[0]
+    for path in train_files:
+        _, held = split_holdout(read_pairs(path)[0], HOLDOUT)
+        if {p.label for p in held} == {0, 1}:
+            sets[f"{path.parent.name}/{path.name} held-out"] = held
+    return {name: sample_pairs(pairs, max_pairs, seed=7) for name, pairs in sets.items()}
+
+
+def ap_of(score: Callable[[list[Pair]], np.ndarray], sets: dict[str, list[Pair]]) -> dict[str, float]:
+    return {name: average_precision(score(pairs), [p.label for p in pairs]) for name, pairs in sets.items()}
+
+
+def jaccard_scorer(n: int) -> Callable[[list[Pair]], np.ndarray]:
+    return lambda pairs: np.array([char_jaccard(p.text_a, p.text_b, n) for p in pairs])
+
+
+def model_scorer(model_dir: Path) -> Callable[[list[Pair]], np.ndarray]:
+    encoder = TorchEncoder(model_dir, device="auto")
+    return lambda pairs: score_pairs(encoder.embed, [p.text_a for p in pairs], [p.text_b for p in pairs])
+
+
+def embed_speed(model_dir: Path, texts: Sequence[str], repeats: int = 2) -> float:
+    """Texts per second on CPU (best of ``repeats``, after a warm-up)."""
+    encoder = TorchEncoder(model_dir, device="cpu")
+    encoder.embed(list(texts[:64]))
+    best = 0.0
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        encoder.embed(list(texts))
+        best = max(best, len(texts) / (time.perf_counter() - tick))
+    return best
+
+
+def loss_runs(
+    data_dir: Path, work: Path, losses: Sequence[str], steps: int, dev_pairs: int, lr: float
+) -> list[dict[str, Any]]:
+    """Each loss from the base model for ``steps`` steps with the default recipe's other settings."""
+    rows = []
+    for loss in losses:
+        settings = default_settings(
+            data_dir,
+            work / f"loss-{loss}",
+            budget_s=1e9,
+            loss=loss,
+            lr=lr,
+            time_budget_s=None,
+            max_steps=steps,
+            epochs=1,
+            examples_per_epoch=None,
+            eval_every=None,
+            dev_max_pairs=dev_pairs,
+            calibrate_max_pairs=10,
+            run_dir=work / f"run-{loss}",
+            checkpoint_every=10**9,
+        )
+        tick = time.monotonic()
+        result = train(settings, progress=False)
+        start, last = result.history[0], result.history[-1]
+        rows.append(
+            {
+                "loss": loss,
+                "settings": f"margin/scale {DEFAULT_MARGINS[loss]}, lr {lr:g}, batch {settings.batch_size}, "
+                f"{settings.hard_negatives} hard neg/row, mined, augment {settings.augment}",
+                "steps": steps,
+                "dev_ap_start": start["average_precision"],
+                "dev_ap": last["average_precision"],
+                "minutes": round((time.monotonic() - tick) / 60, 1),
+            }
+        )
+        print(f"  loss {loss}: dev AP {start['average_precision']:.4f} → {last['average_precision']:.4f}",
+              flush=True)  # fmt: skip
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--model", type=Path, help="fine-tuned model directory (default: train one here)")
+    parser.add_argument("--quick", action="store_true", help="samples and short runs: ≤ 30 min on 2 cores")
+    parser.add_argument("--losses", nargs="*", default=sorted(LOSSES), help="losses for the table")
+    parser.add_argument("--loss-steps", type=int, help="steps per loss run (default 150, quick 30)")
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--skip-bilstm", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("bench/out/train_quality.json"))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    if not args.data_dir.is_dir():
+        print(f"no data at {args.data_dir}: nothing to measure")
+        return 0
+    quick = args.quick
+    sets = evaluation_sets(args.data_dir, 1500 if quick else None)
+    report: dict[str, Any] = {"quick": quick, "sets": {k: len(v) for k, v in sets.items()}}
+    print("evaluation sets:", report["sets"], flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="twinflag-bench-") as tmp:
+        work = Path(tmp)
+        models: dict[str, dict[str, float]] = {
+            "char 3-gram Jaccard": ap_of(jaccard_scorer(3), sets),
+            "char 5-gram Jaccard": ap_of(jaccard_scorer(5), sets),
+        }
+        export_pretrained(default_base_model(), work / "zero-shot", device="auto")
+        models["zero-shot all-MiniLM-L6-v2"] = ap_of(model_scorer(work / "zero-shot"), sets)
+        print("zero-shot done", flush=True)
+
+        fine_tuned = args.model
+        if fine_tuned is None or not (fine_tuned / "manifest.json").is_file():
+            fine_tuned = work / "fine-tuned"
+            minutes = 8 if quick else 27
+            train(default_settings(args.data_dir, fine_tuned, minutes * 60.0), progress=False)
+        models["fine-tuned transformer"] = ap_of(model_scorer(fine_tuned), sets)
+        report["fine_tuned_manifest"] = json.loads((fine_tuned / "manifest.json").read_text())["training"]
+        print("fine-tuned done", flush=True)
+
+        if not args.skip_bilstm:
+            bilstm_dir = work / "bilstm"
+            train_files, dev = find_pair_files(args.data_dir)
+            bilstm = TrainSettings(
+                train=train_files, dev=dev, out=bilstm_dir, arch="bilstm", holdout=HOLDOUT, epochs=4,
+                batch_size=64, time_budget_s=(4 if quick else 12) * 60.0, dev_max_pairs=1000,
+                calibrate_max_pairs=2000, run_dir=work / "run-bilstm", threads=2,
+            )  # fmt: skip
+            train(bilstm, progress=False)
+            models["bilstm"] = ap_of(model_scorer(bilstm_dir), sets)
+            texts = [p.text_a for pairs in sets.values() for p in pairs][:2000]
+            speed = {"transformer": embed_speed(fine_tuned, texts), "bilstm": embed_speed(bilstm_dir, texts)}
+            report["cpu_texts_per_s"] = speed
+            report["bilstm_speedup"] = speed["bilstm"] / speed["transformer"]
+            print("bilstm done", flush=True)
+
+        report["average_precision"] = models
+        steps = args.loss_steps or (30 if quick else 150)
+        report["losses"] = (
+            loss_runs(args.data_dir, work, args.losses, steps, 1000, args.lr) if args.losses else []
+        )
+
+    print(markdown(report))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    return 0
+
+
+def markdown(report: dict[str, Any]) -> str:
+    names = list(report["sets"])
+    lines = [
+        "## Average precision",
+        "",
+        "| model | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for model, aps in report["average_precision"].items():
+        lines.append(f"| {model} | " + " | ".join(f"{aps[n]:.4f}" for n in names) + " |")
+    if "cpu_texts_per_s" in report:
+        speed = report["cpu_texts_per_s"]
+        lines += ["", f"CPU embedding speed: transformer {speed['transformer']:.0f} texts/s, bilstm "
+                  f"{speed['bilstm']:.0f} texts/s ({report['bilstm_speedup']:.1f}×)"]  # fmt: skip
+    if report["losses"]:
+        lines += ["", "## Losses tried", "", "| loss | settings | steps | dev AP at start | dev AP | minutes |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for row in report["losses"]:
+            lines.append(f"| {row['loss']} | {row['settings']} | {row['steps']} | {row['dev_ap_start']:.4f} | "
+                         f"{row['dev_ap']:.4f} | {row['minutes']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
