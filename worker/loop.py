@@ -62,9 +62,11 @@ def run(
         records: list[Record] = []
         try:
             records = consumer.poll(None if max_messages is None else max_messages - done)
-            readiness.broker_connected = True
+            # kafka-python answers an unreachable broker with an empty poll, so only records (or a
+            # poll outside a back-off) show the broker is there; a back-off ends with a committed batch.
+            if records or not readiness.backing_off:
+                readiness.broker_connected = True
             if not records:
-                readiness.backing_off = False
                 if idle_timeout_s is not None and time.monotonic() - last_record >= idle_timeout_s:
                     break
                 continue
