@@ -78,6 +78,9 @@ class TrainSettings(BaseSettings):
     time_budget_s: float | None = Field(
         default=None, gt=0, description="Training wall-clock budget; the LR schedule ends with it."
     )
+    deadline_s: float | None = Field(
+        default=None, gt=0, description="Whole-run budget: training stops in time to calibrate and export."
+    )
     seed: int = Field(default=0, description="Seed: runs on CPU without a time budget are reproducible.")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="`auto`: CUDA when present.")
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads (unset: torch's choice).")

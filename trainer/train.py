@@ -222,6 +222,11 @@ def freeze(module: nn.Module, layers: int) -> None:
         layer.requires_grad_(False)
 
 
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the weights on CPU (``state_dict`` alone aliases the live parameters on CPU)."""
+    return {name: value.detach().to("cpu", copy=True) for name, value in module.state_dict().items()}
+
+
 def clone_tokenizer(tokenizer: Tokenizer, max_tokens: int) -> Tokenizer:
     return configure_tokenizer(Tokenizer.from_str(tokenizer.to_str()), max_tokens)
 
@@ -433,6 +438,8 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
     if settings.dev is not None:
         dev_pairs, dev_report = read_pairs(settings.dev)
     select_pairs = sample_pairs(dev_pairs, settings.dev_max_pairs, settings.seed)
+    select_texts = len({t for p in select_pairs for t in (p.text_a, p.text_b)})
+    calibrate_pairs = min(len(dev_pairs), settings.calibrate_max_pairs or len(dev_pairs))
 
     # 2. model
     initial = init_model(settings, data)
@@ -456,16 +463,20 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
         state, best = load_checkpoint(run_dir, module, optimizer)
         log.info("resumed", run_dir=str(run_dir), step=state.step, epoch=state.epoch)
 
+    speed = 100.0  # texts/s of evaluation, measured at every dev evaluation; sizes the time budgets
+
     def evaluate_now(label: str) -> None:
-        nonlocal best
+        nonlocal best, speed
         if not select_pairs:
             return
+        tick = time.monotonic()
         metrics, _ = dev_metrics(module, eval_tokenizer, select_pairs, device, autocast_dtype)
+        speed = select_texts / max(time.monotonic() - tick, 1e-3)
         state.history.append({"step": state.step, "epoch": state.epoch, **metrics.as_dict()})
         improved = metrics.primary > state.best_score
         if improved:
             state.best_score, state.best_step = metrics.primary, state.step
-            best = state_tensors(module)
+            best = snapshot(module)
         log.info(
             "dev",
             at=label,
@@ -480,7 +491,14 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
     if state.step == 0 and initial.pretrained:
         evaluate_now("start")
 
-    # 4. epochs
+    # 4. epochs, within the time left: a deadline keeps room for the final calibration and export
+    time_budget = settings.time_budget_s
+    if settings.deadline_s is not None:
+        left = settings.deadline_s - (time.monotonic() - started) - _final_cost(calibrate_pairs, speed)
+        time_budget = max(0.0, left if time_budget is None else min(time_budget, left))
+    mine_pool = settings.mine_pool
+    if time_budget is not None:  # mining may take a tenth of each epoch's time
+        mine_pool = min(mine_pool, max(500, int(0.1 * time_budget / settings.epochs * speed)))
     per_epoch = settings.examples_per_epoch or len(data.examples)
     steps_per_epoch = math.ceil(per_epoch / settings.batch_size)
     planned = settings.epochs * steps_per_epoch
@@ -500,8 +518,8 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
     def progress_now() -> float:
         """Fraction of training done: by steps, or by the time budget when that runs out first."""
         fraction = state.step / planned
-        if settings.time_budget_s is not None:
-            fraction = max(fraction, (time.monotonic() - clock) / settings.time_budget_s)
+        if time_budget is not None:
+            fraction = max(fraction, (time.monotonic() - clock) / max(time_budget, 1e-9))
         return fraction
 
     while state.epoch < settings.epochs and not stop:
@@ -510,7 +528,7 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
             break
         if _mine_due(settings, initial.pretrained, state):
             state.mined = mine_for_epoch(
-                module, eval_tokenizer, data, settings, state.epoch, device, autocast_dtype
+                module, eval_tokenizer, data, settings, mine_pool, state.epoch, device, autocast_dtype
             )
             state.mined_epoch = state.epoch
         order = epoch_examples(len(data.examples), settings.seed, state.epoch, settings.examples_per_epoch)
@@ -569,8 +587,19 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
     if best is not None:
         module.load_state_dict(best)
     module.eval()
+    if settings.deadline_s is not None:  # shrink the calibration sample rather than miss the deadline
+        left = settings.deadline_s - (time.monotonic() - started) - _final_cost(0, speed)
+        calibrate_pairs = min(calibrate_pairs, max(500, int(left * speed / 2 / 1.3)))
     thresholds, metrics = _final_thresholds(
-        module, eval_tokenizer, dev_pairs, dev_report, settings, device, autocast_dtype
+        module,
+        eval_tokenizer,
+        dev_pairs,
+        dev_report,
+        calibrate_pairs,
+        settings.target_precision,
+        settings.seed,
+        device,
+        autocast_dtype,
     )
     manifest = Manifest(
         architecture=settings.arch,
@@ -629,24 +658,30 @@ def _mine_due(settings: TrainSettings, pretrained: bool, state: RunState) -> boo
     return state.epoch >= (0 if pretrained else 1)
 
 
+def _final_cost(pairs: int, speed: float) -> float:
+    """Seconds the final calibration (two texts a pair, with a third of slack) and export take."""
+    return 2 * pairs / max(speed, 1.0) * 1.3 + 30.0
+
+
 def _final_thresholds(
     module: nn.Module,
     tokenizer: Tokenizer,
     dev_pairs: Sequence[Pair],
     dev_report: FileReport | None,
-    settings: TrainSettings,
+    max_pairs: int,
+    target_precision: float,
+    seed: int,
     device: str,
     autocast_dtype: torch.dtype | None,
 ) -> tuple[Thresholds, Metrics | None]:
     if not dev_pairs or dev_report is None:
         log.warning("no dev set: shipping the uncalibrated default threshold", threshold=DEFAULT_THRESHOLD)
         return Thresholds(decision=DEFAULT_THRESHOLD), None
-    pairs = sample_pairs(dev_pairs, settings.calibrate_max_pairs, settings.seed + 1)
+    pairs = sample_pairs(dev_pairs, max_pairs, seed + 1)
     metrics, scores = dev_metrics(module, tokenizer, pairs, device, autocast_dtype)
     module.eval()
-    return calibrate(scores, [p.label for p in pairs], settings.target_precision, Path(dev_report.name).name)[
-        0
-    ], metrics
+    labels = [p.label for p in pairs]
+    return calibrate(scores, labels, target_precision, Path(dev_report.name).name)[0], metrics
 
 
 DEFAULT_THRESHOLD = 0.8  # shipped only when no dev set was given to calibrate on
@@ -657,6 +692,7 @@ def mine_for_epoch(
     tokenizer: Tokenizer,
     data: TrainingSet,
     settings: TrainSettings,
+    pool_size: int,
     epoch: int,
     device: str,
     autocast_dtype: torch.dtype | None,
@@ -667,7 +703,7 @@ def mine_for_epoch(
     pool: dict[int, None] = {}
     anchors: list[int] = []
     for k in order:
-        if len(pool) + 2 > settings.mine_pool:
+        if len(pool) + 2 > pool_size:
             break
         a, p = data.examples[k]
         pool.setdefault(a)
@@ -679,7 +715,7 @@ def mine_for_epoch(
         for t in rng.sample(range(len(data.texts)), min(len(data.texts), settings.mine_pool))
         if t not in pool
     ]
-    for t in others[: max(0, settings.mine_pool - len(pool))]:
+    for t in others[: max(0, pool_size - len(pool))]:
         pool.setdefault(t)
     rows = list(pool)
     row_of = {t: i for i, t in enumerate(rows)}
@@ -711,6 +747,39 @@ def mine_for_epoch(
     return mined
 
 
+def forward_by_length(
+    module: nn.Module,
+    ids: Sequence[Sequence[int]],
+    pad_id: int,
+    device: str,
+    autocast_dtype: torch.dtype | None,
+    chunk_tokens: int = 2048,
+) -> torch.Tensor:
+    """Embeddings (with gradients) of token id lists, in their order, run in chunks of similar length.
+
+    One padded batch of a hundred texts wastes most of its compute on padding when lengths vary
+    (tweets next to news sentences); sorted chunks cut that waste on CPU.
+    """
+    from worker.embed import token_batches
+    from worker.model import pad_batch
+
+    pieces: list[torch.Tensor] = []
+    order: list[int] = []
+    for chunk in token_batches([len(row) for row in ids], chunk_tokens, len(ids)):
+        input_ids, mask = pad_batch([ids[i] for i in chunk], pad_id)
+        autocast = (
+            torch.autocast("cuda", dtype=autocast_dtype)
+            if autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            pieces.append(module(input_ids.to(device), mask.to(device)).float())
+        order += chunk
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return torch.cat(pieces)[inverse.to(device)]
+
+
 def train_step(
     module: nn.Module,
     tokenizer: Tokenizer,
@@ -724,19 +793,8 @@ def train_step(
     autocast_dtype: torch.dtype | None,
 ) -> float:
     """One optimisation step on one batch; returns the loss."""
-    from worker.model import pad_batch
-
-    texts = batch.anchors + batch.candidates
-    ids = [e.ids for e in tokenizer.encode_batch(texts)]
-    input_ids, mask = pad_batch(ids, pad_id)
-    autocast = (
-        torch.autocast("cuda", dtype=autocast_dtype)
-        if autocast_dtype is not None
-        else contextlib.nullcontext()
-    )
-    with autocast:
-        vectors = module(input_ids.to(device), mask.to(device))
-    vectors = vectors.float()
+    ids = [e.ids for e in tokenizer.encode_batch(batch.anchors + batch.candidates)]
+    vectors = forward_by_length(module, ids, pad_id, device, autocast_dtype)
     rows = len(batch.anchors)
     anchor, candidates = vectors[:rows], vectors[rows:]
     mask_neg = negative_mask(

@@ -18,17 +18,18 @@ from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from worker.model import spam_folds
+
 PAD, UNK, CLS = "[PAD]", "[UNK]", "[CLS]"
 SPECIALS = (PAD, UNK, CLS)
 MAX_PIECE = 12  # longest prefix / continuation piece considered (whole short words fit)
 
 
 def _normalizer() -> normalizers.Normalizer:
-    # NFKC folds full-width and compatibility forms; BERT's normaliser lower-cases, strips accents and
-    # drops control and format characters (zero-width ones included).
-    return normalizers.Sequence(
-        [normalizers.NFKC(), normalizers.BertNormalizer(clean_text=True, lowercase=True, strip_accents=True)]
-    )
+    # NFKC folds full-width and compatibility forms, look-alike letters go back to Latin; BERT's
+    # normaliser lower-cases, strips accents and drops control and format characters (zero-width ones).
+    bert = normalizers.BertNormalizer(clean_text=True, lowercase=True, strip_accents=True)
+    return normalizers.Sequence([*spam_folds(), bert])
 
 
 def word_counts(texts: Iterable[str]) -> Counter[str]:

@@ -41,6 +41,7 @@ import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
+from tokenizers.normalizers import Normalizer
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -225,6 +226,43 @@ def pad_batch(ids: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Te
         input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         attention_mask[row, : len(tokens)] = 1
     return input_ids, attention_mask
+
+
+# Cyrillic and Greek letters that spammers swap in for Latin ones ("frее" with Cyrillic е's).
+HOMOGLYPHS = {
+    "а": "a", "с": "c", "е": "e", "һ": "h", "і": "i", "ј": "j", "к": "k",
+    "о": "o", "р": "p", "ѕ": "s", "у": "y", "х": "x", "ԁ": "d", "ԛ": "q", "ԝ": "w",
+    "А": "A", "В": "B", "С": "C", "Е": "E", "Н": "H", "І": "I", "Ј": "J", "К": "K", "М": "M", "О": "O",
+    "Р": "P", "Ѕ": "S", "Т": "T", "У": "Y", "Х": "X",
+    "α": "a", "ο": "o", "ρ": "p", "ν": "v", "ι": "i", "κ": "k", "υ": "u",
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O",
+    "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
+}  # fmt: skip
+
+
+def spam_folds() -> list[Normalizer]:
+    """NFKC, then each look-alike letter to its Latin original."""
+    from tokenizers import normalizers
+
+    steps: list[Normalizer] = [normalizers.NFKC()]
+    return steps + [normalizers.Replace(glyph, latin) for glyph, latin in HOMOGLYPHS.items()]
+
+
+def harden_normalizer(tokenizer: Tokenizer) -> Tokenizer:
+    """Put NFKC and a homoglyph fold in front of the tokenizer's own normaliser.
+
+    Spam edits the base model never saw: full-width letters ("ＦＲＥＥ", NFKC folds them) and Latin
+    letters swapped for Cyrillic or Greek look-alikes (folded back). Zero-width characters are already
+    dropped by BERT's normaliser. Text without such characters tokenises exactly as before. The fold
+    is part of ``tokenizer.json``, so the worker applies it with no code of its own.
+    """
+    steps = spam_folds()
+    if tokenizer.normalizer is not None:
+        steps.append(tokenizer.normalizer)
+    from tokenizers import normalizers
+
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    return tokenizer
 
 
 def configure_tokenizer(tokenizer: Tokenizer, max_tokens: int) -> Tokenizer:
@@ -416,12 +454,16 @@ class PretrainedParts:
     base_model: str
 
 
-def from_sentence_transformer(path: Path, max_tokens: int | None = None) -> PretrainedParts:
+def from_sentence_transformer(
+    path: Path, max_tokens: int | None = None, harden: bool = True
+) -> PretrainedParts:
     """A ``TransformerEncoder`` + tokenizer from a sentence-transformers directory (BERT, mean pooling).
 
     Reads only ``config.json``, ``model.safetensors``, ``tokenizer.json`` and the small JSON files that
     describe the pipeline; a ``pytorch_model.bin`` beside them is ignored, never loaded. Refuses
     pipelines it would not reproduce exactly (CLS or max pooling, dense layers, non-BERT models).
+    ``harden`` adds ``harden_normalizer``'s fold to the tokenizer (embeddings of ordinary text are
+    unchanged: they equal sentence-transformers' own).
     """
     from transformers import BertConfig
 
@@ -458,7 +500,8 @@ def from_sentence_transformer(path: Path, max_tokens: int | None = None) -> Pret
     st_config = root / "sentence_bert_config.json"
     seq_len = json.loads(st_config.read_text()).get("max_seq_length") if st_config.is_file() else None
     limit = max_tokens or int(seq_len or min(512, config.max_position_embeddings))
-    tokenizer = configure_tokenizer(Tokenizer.from_file(str(_required(root, TOKENIZER_FILE))), limit)
+    tokenizer = Tokenizer.from_file(str(_required(root, TOKENIZER_FILE)))
+    tokenizer = configure_tokenizer(harden_normalizer(tokenizer) if harden else tokenizer, limit)
     params = TransformerParams(
         hidden_size=config.hidden_size,
         num_hidden_layers=config.num_hidden_layers,

@@ -299,6 +299,11 @@ def test_minilm_embeddings_equal_sentence_transformers(minilm_zero_shot: tuple[P
     reference = SentenceTransformer(str(base), device="cpu").encode(texts, convert_to_numpy=True)
     ours = TorchEncoder(exported, device="cpu").embed(texts)
     np.testing.assert_allclose(ours, reference, atol=1e-5)
+    spam = ["ＦＲＥＥ money", "frее mоnеy", "fr\u200bee money"]  # full-width, Cyrillic е/о, zero-width
+    clean = TorchEncoder(exported, device="cpu").embed(["free money"])[0]
+    np.testing.assert_allclose(
+        TorchEncoder(exported, device="cpu").embed(spam), np.stack([clean] * 3), atol=1e-6
+    )
     manifest = json.loads((exported / "manifest.json").read_text())
     assert manifest["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert manifest["max_tokens"] == 256

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from structlog.testing import capture_logs
 
 import trainer.train as train_module
@@ -19,7 +20,7 @@ from tests.unit.test_model import tiny_sentence_transformer
 from trainer.__main__ import find_pair_files, main
 from trainer.augment import EDITS, drop_word, spam_edit
 from trainer.settings import TrainSettings
-from trainer.train import epoch_examples, lr_at, train
+from trainer.train import epoch_examples, forward_by_length, lr_at, snapshot, train
 from worker.embed import TorchEncoder, embed_texts
 
 TOPICS = ["python", "pizza", "the moon", "taxes", "chess", "guitar", "running", "coffee", "a visa", "cats"]
@@ -125,6 +126,26 @@ def test_an_interrupted_run_resumes_to_the_same_weights(
     monkeypatch.setattr(train_module, "train_step", real_step)
     resumed = train(settings_for(tmp_path / "cut", pair_files, resume=True), progress=False).manifest
     assert resumed.version == whole.version
+
+
+def test_the_best_weights_are_a_copy_not_the_live_parameters() -> None:
+    module = torch.nn.Linear(2, 2)
+    kept = snapshot(module)
+    with torch.no_grad():
+        module.weight.add_(1.0)
+    assert not torch.equal(kept["weight"], module.weight)
+
+
+def test_length_chunked_forward_equals_one_padded_batch(tmp_path: Path) -> None:
+    from worker.model import from_sentence_transformer, pad_batch
+
+    parts = from_sentence_transformer(tiny_sentence_transformer(tmp_path / "base"))
+    texts = [f"how do i {'really ' * (i % 7)}learn {topic}" for i, topic in enumerate(TOPICS * 3)]
+    ids = [e.ids for e in parts.tokenizer.encode_batch(texts)]
+    with torch.no_grad():
+        whole = parts.module(*pad_batch(ids, 0))
+        chunked = forward_by_length(parts.module, ids, 0, "cpu", None, chunk_tokens=64)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
 
 
 def test_lr_schedule() -> None:
