@@ -38,11 +38,11 @@ SECTIONS = ("throughput", "stream_quality", "pair_quality", "latency", "index_sc
 
 
 def _throughput(quick: bool, out: Path, work: Path, done: dict[str, Any]) -> dict[str, Any]:
-    n, batches, naive_n = (160, [32, 128], 20) if quick else (1000, [16, 64, 256], 200)
+    n, batches, naive_n = (256, [32, 64], 20) if quick else (1000, [16, 64, 256], 200)
     model = default_model()
     command = (
         f"python -m bench.throughput --n {n} --batches {' '.join(map(str, batches))} --naive-n {naive_n} "
-        f"--model {model.relative_to(ROOT)}"
+        f"--model {_rel(model)}"
     )
     return {**throughput.measure(n, 7, batches, naive_n, model, work), "command": command}
 
@@ -109,9 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a check in a few minutes")
     parser.add_argument("--out", type=Path, default=ROOT / "bench", help="where REPORT.md and the PNGs go")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
+    parser.add_argument("--zero-shot", type=Path, help="zero-shot model directory (default models/zero-shot)")
     parser.add_argument("--report-only", action="store_true", help="re-render from OUT/results/*.json")
     args = parser.parse_args(argv)
     top = "python -m bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    if args.zero_shot:
+        throughput.ZERO_SHOT = args.zero_shot.resolve()
     results_dir = args.out / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     done: dict[str, Any] = {}

@@ -152,6 +152,15 @@ def _throughput(tp: dict[str, Any]) -> list[str]:
             "| naive loop: poll 1 → embed 1 → search 1 → produce 1 → flush → commit "
             f"({tp['naive_n']} msgs) | "
             f"{tp['naive_docs_per_s']:.1f} | {tp['naive_vs_encoder']:.3f} |",
+            *(
+                [
+                    "| encoder alone, one text per call (the naive loop's own baseline, measured just before "
+                    f"it) | {tp['encoder_one_docs_per_s']:.1f} | naive / this: "
+                    f"{tp['naive_vs_encoder_one']:.3f} |"
+                ]
+                if "encoder_one_docs_per_s" in tp
+                else []
+            ),
             f"| MinHash LSH (datasketch, 128 perms, char 5-grams), query + insert | "
             f"{tp['minhash_docs_per_s']:.1f} | "
             f"{tp['minhash_docs_per_s'] / tp['encoder_ref_docs_per_s']:.2f} |",

@@ -183,8 +183,10 @@ def _rel(path: Path) -> str:
 
 def models_to_compare(zero_shot: Path | None = None) -> dict[str, Path]:
     """zero-shot always; models/default (fine-tuned) when the trainer has shipped one."""
-    out = {"zero-shot": zero_shot or ROOT / "models" / "zero-shot"}
-    if default_model() != ROOT / "models" / "zero-shot":
+    from bench import throughput
+
+    out = {"zero-shot": zero_shot or throughput.ZERO_SHOT}
+    if default_model() != throughput.ZERO_SHOT:
         out["default"] = default_model()
     return out
 

@@ -38,10 +38,13 @@ ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("parse", "delete", "exact", "embed", "search", "decide", "publish", "upsert")
 
 
+ZERO_SHOT = ROOT / "models" / "zero-shot"  # ``python -m bench --zero-shot DIR`` points this elsewhere
+
+
 def default_model() -> Path:
     """models/default when the trainer has shipped one, else the zero-shot export."""
     default = ROOT / "models" / "default"
-    return default if (default / "manifest.json").is_file() else ROOT / "models" / "zero-shot"
+    return default if (default / "manifest.json").is_file() else ZERO_SHOT
 
 
 def manifest(model: Path) -> dict[str, Any]:
@@ -193,7 +196,12 @@ class RunResult:
 
 
 def run_rate(
-    bootstrap: str, model: Path, posts: Sequence[dict[str, Any]], work: Path, timeout_s: float
+    bootstrap: str,
+    model: Path,
+    posts: Sequence[dict[str, Any]],
+    work: Path,
+    timeout_s: float,
+    batch: int = 256,
 ) -> RunResult:
     """Produce every post first, then start the worker and time first decision → last decision."""
     from kafka import KafkaConsumer
@@ -209,7 +217,8 @@ def run_rate(
         group_id=None,
     )
     seen: dict[str, float] = {}
-    with worker_process(bootstrap, model, work, group) as (process, log_path):
+    batch_env = {"TWINFLAG_KAFKA__MAX_POLL_RECORDS": str(batch)}
+    with worker_process(bootstrap, model, work, group, extra_env=batch_env) as (process, log_path):
         deadline = time.monotonic() + timeout_s
         while len(seen) < len(posts) and time.monotonic() < deadline:
             if process.poll() is not None:
@@ -372,8 +381,9 @@ def measure(
     print(f"minhash LSH {minhash:.1f} docs/s ({minhash / encoder_ref:.2f}x encoder)", flush=True)
     if with_run:
         with tansu(log_path=work / "tansu.log") as bootstrap:
-            run = run_rate(bootstrap, model, posts, work, timeout_s)
+            run = run_rate(bootstrap, model, posts, work, timeout_s, default_batch)
             encoder_after = encoder_rate(encoder, texts, default_batch)
+            encoder_one = encoder_rate(encoder, texts[:naive_n], 1)  # the naive loop's own baseline
             naive, naive_ms = naive_rate(bootstrap, encoder, posts[:naive_n], work, threshold)
         encoder_mean = (encoder_ref + encoder_after) / 2
         result.update(
@@ -386,6 +396,8 @@ def measure(
                 "naive_n": naive_n,
                 "naive_docs_per_s": naive,
                 "naive_ms_per_message": naive_ms,
+                "encoder_one_docs_per_s": encoder_one,
+                "naive_vs_encoder_one": naive / encoder_one,
                 "naive_vs_encoder": naive / encoder_mean,
                 "run_vs_naive": run.docs_per_s / naive,
             }

@@ -205,11 +205,13 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", f"CPU embedding speed: transformer {speed['transformer']:.0f} texts/s, bilstm "
                   f"{speed['bilstm']:.0f} texts/s ({report['bilstm_speedup']:.1f}×)"]  # fmt: skip
     if report["losses"]:
-        lines += ["", "## Losses tried", "", "| loss | settings | steps | dev AP at start | dev AP | minutes |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+        header = "| loss | settings | steps | dev AP at start | dev AP | minutes |"
+        lines += ["", "## Losses tried", "", header, "|---|---|---|---|---|---|"]
         for row in report["losses"]:
-            lines.append(f"| {row['loss']} | {row['settings']} | {row['steps']} | {row['dev_ap_start']:.4f} | "
-                         f"{row['dev_ap']:.4f} | {row['minutes']} |")  # fmt: skip
+            lines.append(
+                f"| {row['loss']} | {row['settings']} | {row['steps']} | "
+                f"{row['dev_ap_start']:.4f} | {row['dev_ap']:.4f} | {row['minutes']} |"
+            )
     return "\n".join(lines)
 
 
