@@ -166,7 +166,9 @@ class MemoryIndex:
         for tenant, doc_id in keys:
             p = self._points.get(point_id(tenant, doc_id))
             if p is not None:
-                found[(tenant, doc_id)] = StoredVector(p.doc_id, p.tenant, p.text_hash, p.vector.copy())
+                found[(tenant, doc_id)] = StoredVector(
+                    p.doc_id, p.tenant, p.text_hash, p.vector.copy(), p.stage
+                )
         return found
 
     def upsert(self, points: Sequence[IndexPoint]) -> None:
@@ -176,7 +178,7 @@ class MemoryIndex:
             _check_key(p.order)
             vector = np.array(p.vector, dtype=np.float32, copy=True)
             self._points[point_id(p.tenant, p.doc_id)] = IndexPoint(
-                p.doc_id, p.tenant, vector, p.text_hash, p.order, p.model, p.created_at
+                p.doc_id, p.tenant, vector, p.text_hash, p.order, p.model, p.created_at, p.stage
             )
 
     def delete(self, tenant: str | None, doc_ids: Sequence[str]) -> int:

@@ -183,6 +183,9 @@ def build_index(index: IndexSettings, stack: ExitStack) -> VectorIndex:
         hnsw_ef_construct=index.hnsw_ef_construct,
         ef_search=index.hnsw_ef,
         scalar_quantization=index.quantization == "scalar",
+        shard_number=index.shard_number,
+        replication_factor=index.replication_factor,
+        write_consistency_factor=index.write_consistency_factor,
     )
     stack.callback(server.close)
     return server

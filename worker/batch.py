@@ -3,7 +3,7 @@
 CONTRACT (owned by the core helper; the types and the signature of ``run_batch`` are fixed).
 It never imports kafka, qdrant_client or torch. Order inside: parse/validate → normalise + hash →
 deletions → exact fast path → reuse stored vectors on replay / embed the rest → in-batch matches in
-arrival order → one batched index search → decide → publish (send) → upsert. The caller then flushes
+arrival order → one batched index search → decide → upsert → publish (send). The caller then flushes
 the publisher, flushes the index, and commits.
 
 Semantics worth knowing (the visibility rule itself is in ``worker/decide.py``):
@@ -22,7 +22,8 @@ Semantics worth knowing (the visibility rule itself is in ``worker/decide.py``):
   vector, and index neighbours are rescored in float64 from their stored vectors, so scores do not
   depend on which side of a batch boundary a match sat. The same batch replayed publishes byte-identical
   messages. Replayed with *different* boundaries, flags keep their id, duplicate_of, score, threshold and
-  matches; ``stage`` may read "index" where it read "batch" (it reports where the match was found).
+  matches; ``stage`` ("batch" or "index", which depends on the boundaries) is stored with the point
+  before anything is sent, and a replay republishes the stored one, so the flag is byte-identical.
   What a replay cannot reproduce: a match against a document deleted, or overwritten by a later version
   of its id, since the first run; and, when more than ``TIE_MARGIN * top_k`` stored copies of one text
   tie exactly at the index's cut, which of those copies the index handed back.
@@ -39,6 +40,7 @@ import numpy as np
 
 from worker.decide import (
     Candidate,
+    Stage,
     Verdict,
     batch_candidates,
     clamp_score,
@@ -136,6 +138,8 @@ class _Doc:
     exact: Candidate | None = None
     exact_in_batch: int | None = None  # position of the in-batch document it exactly repeats
     vector: np.ndarray | None = None
+    stored_stage: str | None = None  # the stage its first decision recorded (a replay of a stored point)
+    stage: Stage | None = None  # the stage this decision reports
 
     @property
     def key(self) -> tuple[str, str]:
@@ -193,13 +197,30 @@ def run_batch(
     with timer("decide"):
         verdicts = [decide(candidates, config.threshold) for candidates in ranked]
         result.flags = sum(v.flagged for v in verdicts)
-    with timer("publish"):
-        result.decisions = _publish(parsed, docs, verdicts, publisher, config)
-    with timer("upsert"):
+        for doc, verdict in zip(docs, verdicts, strict=True):
+            doc.stage = _stage(doc, verdict)
+    with timer("upsert"):  # before any send: a flag never leaves without its stage stored
         points = _points(docs, config.model_version)
         if points:
             index.upsert(points)
+    with timer("publish"):
+        result.decisions = _publish(parsed, docs, verdicts, publisher, config)
     return result
+
+
+def _stage(doc: _Doc, verdict: Verdict) -> Stage | None:
+    """Where the match was found; on a replay, where the first decision found it.
+
+    "batch" and "index" depend on batch boundaries, which a replay need not share: the first
+    decision's stage, stored with the point, is kept so republished flags are byte-identical.
+    """
+    match = verdict.duplicate_of
+    if match is None:
+        return None
+    embedded = ("batch", "index")
+    if match.stage in embedded and doc.stored_stage in embedded:
+        return "batch" if doc.stored_stage == "batch" else "index"
+    return match.stage
 
 
 class _Timer:
@@ -311,7 +332,7 @@ def _vectors(docs: list[_Doc], encoder: Encoder, index: VectorIndex) -> int:
         own = stored.get(doc.key)
         match = stored.get((doc.document.tenant, doc.exact.doc_id)) if doc.exact else None
         if own is not None and own.text_hash == doc.text_hash:
-            doc.vector = own.vector
+            doc.vector, doc.stored_stage = own.vector, own.stage
             reused += 1
         elif doc.exact is not None and doc.exact_in_batch is None and match is not None:
             doc.vector = match.vector
@@ -397,8 +418,8 @@ def _publish(
     for p in parsed:
         source = Source(topic=p.record.topic, partition=p.record.partition, offset=p.record.offset)
         if isinstance(p.item, DeadLetterReason):
-            letter = _dead_letter(p.record, p.item, source, config.model_version)
-            publisher.send(config.dlq_topic, p.record.key, dumps(letter))
+            letter = _dead_letter(p.record, p.item, source, config.model_version, config.max_message_bytes)
+            publisher.send(config.dlq_topic, _clip(p.record.key, MAX_KEY_BYTES), dumps(letter))
             continue
         if isinstance(p.item, Deletion):
             continue
@@ -414,7 +435,7 @@ def _publish(
                 threshold=config.threshold,
                 matches=matches,
                 tenant=doc.document.tenant,
-                stage=match.stage,
+                stage=doc.stage,
                 model=config.model_version,
                 detected_at=timestamp_iso(p.record.timestamp_ms),
                 source=source,
@@ -427,7 +448,7 @@ def _publish(
             duplicate_of=None if match is None else match.doc_id,
             score=None if best is None else best.score,
             matches=matches,
-            stage=None if match is None else match.stage,
+            stage=doc.stage,
             model=config.model_version,
             source=source,
         )
@@ -438,12 +459,30 @@ def _publish(
     return decisions
 
 
-def _dead_letter(record: Record, reason: DeadLetterReason, source: Source, model: str) -> DeadLetter:
+MAX_KEY_BYTES = 16 * 1024  # a dead letter's key (and key_b64) keeps at most this much of the original
+
+
+def _clip(data: bytes | None, limit: int) -> bytes | None:
+    return data if data is None or len(data) <= limit else data[:limit]
+
+
+def _dead_letter(
+    record: Record, reason: DeadLetterReason, source: Source, model: str, max_bytes: int
+) -> DeadLetter:
+    """The dead letter of one record, small enough to publish whatever the record's size.
+
+    The whole original would not fit under the producer's request limit when the record itself was
+    over ``max_bytes`` (base64 adds a third); the dead letter then keeps the first ``max_bytes`` bytes
+    and says so, and the record itself stays readable at its source position.
+    """
+    key, value = _clip(record.key, MAX_KEY_BYTES), _clip(record.value, max_bytes)
     return DeadLetter(
         code=reason.code,
         reason=str(reason),
-        key_b64=b64(record.key),
-        value_b64=b64(record.value),
+        key_b64=b64(key),
+        value_b64=b64(value),
+        value_bytes=None if record.value is None else len(record.value),
+        truncated=key != record.key or value != record.value,
         source=source,
         model=model,
         detected_at=timestamp_iso(record.timestamp_ms),
@@ -465,6 +504,7 @@ def _points(docs: list[_Doc], model: str) -> list[IndexPoint]:
             order=doc.order,
             model=model,
             created_at=None if doc.document.created_at is None else doc.document.created_at.isoformat(),
+            stage=doc.stage,
         )
         for doc in sorted(latest.values(), key=lambda d: d.order)
     ]

@@ -54,6 +54,9 @@ class Source(Protocol):
     def poll(self, max_records: int | None = None) -> list[Record]:
         """The next batch: up to ``max_records`` (and the source's own limit), or what came in time."""
 
+    joined: bool
+    """The consumer group has assigned this member its partitions (an empty assignment included)."""
+
     def commit(self, offsets: Offsets) -> None:
         """Commit ``last_offset + 1`` per partition (see ``next_offsets``). Raises ``RebalancedError``."""
 
@@ -92,10 +95,12 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-pytho
         self._source = source
 
     def on_partitions_revoked(self, revoked: Any) -> None:
+        self._source.joined = False
         self._source.drop_buffers({(tp.topic, tp.partition) for tp in revoked})
         log.info("partitions_revoked", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        self._source.joined = True  # an empty assignment too: more workers than partitions is normal
         log.info("partitions_assigned", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
 
@@ -138,6 +143,7 @@ class KafkaSource:
         self._last_contact = time.monotonic()
         self._next: dict[Partition, int] = {}  # per partition: the offset after the last record returned
         self._buffers: dict[Partition, collections.deque[Record]] = {}
+        self.joined = False  # the group has handed this member its partitions (none is an answer too)
         consumer.subscribe([topic], listener=_Listener(self))
 
     @property

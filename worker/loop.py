@@ -66,6 +66,7 @@ def run(
             # poll outside a back-off) show the broker is there; a back-off ends with a committed batch.
             if records or not readiness.backing_off:
                 readiness.broker_connected = True
+            readiness.group_joined = consumer.joined
             if not records:
                 if idle_timeout_s is not None and time.monotonic() - last_record >= idle_timeout_s:
                     break

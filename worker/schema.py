@@ -183,13 +183,17 @@ class DeadLetter(_Out):
     """A record the worker could not use, with everything needed to fix and replay it.
 
     ``code`` is machine-readable; ``reason`` is ``"<code>: <detail>"``. ``key_b64`` / ``value_b64`` hold
-    the original bytes (base64, null when the record had none).
+    the original bytes (base64, null when the record had none). A record too large to republish whole
+    (``oversized``) keeps only its first bytes: ``value_bytes`` is the original length and
+    ``truncated`` says the stored bytes are a prefix — the full record is still at ``source``.
     """
 
     code: ReasonCode
     reason: str
     key_b64: str | None
     value_b64: str | None
+    value_bytes: int | None
+    truncated: bool
     source: Source
     model: str
     detected_at: str

@@ -96,7 +96,12 @@ def point_id(tenant: str, doc_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class IndexPoint:
-    """What the index stores per document (payload: id, tenant, text_hash, created_at, model, ts, pos)."""
+    """What the index stores per document (payload: id, tenant, text_hash, created_at, model, ts, pos,
+    stage).
+
+    ``stage`` is where the document's first decision found its match ("exact", "batch", "index"; null
+    when it was not flagged): a replay with other batch boundaries republishes it unchanged.
+    """
 
     doc_id: str
     tenant: str
@@ -105,6 +110,7 @@ class IndexPoint:
     order: OrderKey
     model: str
     created_at: str | None = None
+    stage: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +144,14 @@ class StoredVector:
     tenant: str
     text_hash: str
     vector: np.ndarray
+    stage: str | None = None
+
+
+def _stored(key: tuple[str, str], payload: dict[str, Any], vector: np.ndarray) -> StoredVector:
+    stage = payload.get("stage")  # absent from points written before it was stored
+    return StoredVector(
+        key[1], key[0], str(payload["text_hash"]), vector, None if stage is None else str(stage)
+    )
 
 
 class IndexMismatchError(RuntimeError):
@@ -210,6 +224,7 @@ def _payload(point: IndexPoint) -> dict[str, Any]:
         "model": point.model,
         "ts": point.order[0],
         "pos": point.order[1],
+        "stage": point.stage,
     }
 
 
@@ -501,13 +516,13 @@ class EdgeIndex:
         if not keys:
             return {}
         ids: list[str | int | uuid.UUID] = list(dict.fromkeys(point_id(t, d) for t, d in keys))
-        records = self._open().retrieve(ids, ["id", "tenant", "text_hash"], True)
+        records = self._open().retrieve(ids, ["id", "tenant", "text_hash", "stage"], True)
         out: dict[tuple[str, str], StoredVector] = {}
         for rec in records:
             p = rec.payload or {}
             vec = np.asarray(rec.vector, dtype=np.float32)
             key = (str(p["tenant"]), str(p["id"]))
-            out[key] = StoredVector(doc_id=key[1], tenant=key[0], text_hash=str(p["text_hash"]), vector=vec)
+            out[key] = _stored(key, p, vec)
         return out
 
     def count(self) -> int:
@@ -814,8 +829,15 @@ class QdrantIndex:
         scalar_quantization: bool = False,
         quantization_oversampling: float = 2.0,
         on_disk_vectors: bool = False,
+        shard_number: int | None = None,
+        replication_factor: int | None = None,
+        write_consistency_factor: int | None = None,
     ) -> None:
-        """``scalar_quantization``: int8 copies in RAM for the graph walk, rescored with the originals."""
+        """``scalar_quantization``: int8 copies in RAM for the graph walk, rescored with the originals.
+
+        ``shard_number``, ``replication_factor``, ``write_consistency_factor``: a new collection's layout
+        on a Qdrant cluster (unset: the server's defaults); an existing collection keeps its own.
+        """
         self._client = client
         self._collection = collection
         self._hnsw_m = hnsw_m
@@ -824,6 +846,11 @@ class QdrantIndex:
         self._scalar = scalar_quantization
         self._oversampling = quantization_oversampling
         self._on_disk = on_disk_vectors
+        self._layout = {
+            "shard_number": shard_number,
+            "replication_factor": replication_factor,
+            "write_consistency_factor": write_consistency_factor,
+        }
         self._dim: int | None = None
 
     def ensure(self, dim: int, model_version: str) -> None:
@@ -873,6 +900,7 @@ class QdrantIndex:
                 hnsw_config=models.HnswConfigDiff(m=self._hnsw_m, ef_construct=self._hnsw_ef_construct),
                 quantization_config=quantization,
                 metadata={_MODEL_KEY: model_version},
+                **{name: value for name, value in self._layout.items() if value is not None},
             )
         except Exception:
             if not self._client.collection_exists(self._collection):
@@ -991,7 +1019,7 @@ class QdrantIndex:
         ids = list(dict.fromkeys(point_id(t, d) for t, d in keys))
         with _unavailable(self._collection):
             records = self._client.retrieve(
-                self._collection, ids, with_payload=["id", "tenant", "text_hash"], with_vectors=True
+                self._collection, ids, with_payload=["id", "tenant", "text_hash", "stage"], with_vectors=True
             )
         out: dict[tuple[str, str], StoredVector] = {}
         for rec in records:
@@ -1000,7 +1028,7 @@ class QdrantIndex:
                 raise RuntimeError(f"point {rec.id} has no single dense vector")
             key = (str(p["tenant"]), str(p["id"]))
             vec = np.asarray(rec.vector, dtype=np.float32)
-            out[key] = StoredVector(doc_id=key[1], tenant=key[0], text_hash=str(p["text_hash"]), vector=vec)
+            out[key] = _stored(key, p, vec)
         return out
 
     def upsert(self, points: Sequence[IndexPoint]) -> None:

@@ -1,8 +1,9 @@
 """Prometheus metrics, ``/healthz`` and ``/readyz`` over one small stdlib HTTP server thread.
 
 ``/healthz``: the process is alive and serving (200). ``/readyz``: 200 when the model is loaded, the
-index ensured, the broker reachable and the loop not backing off; 503 with the missing conditions
-otherwise. ``/metrics``: the Prometheus text format of the worker's own registry.
+index ensured, the broker reachable, the consumer group has assigned this worker its partitions (none,
+when there are more workers than partitions, counts) and the loop not backing off; 503 with the
+missing conditions otherwise. ``/metrics``: the Prometheus text format of the worker's own registry.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ class Readiness:
     model_loaded: bool = False
     index_ready: bool = False
     broker_connected: bool = False
+    group_joined: bool = False
     backing_off: bool = False
 
     def missing(self) -> list[str]:
@@ -110,6 +112,7 @@ class Readiness:
             "model not loaded": self.model_loaded,
             "index not ensured": self.index_ready,
             "broker not connected": self.broker_connected,
+            "no partitions assigned yet (group join)": self.group_joined,
             "backing off after an outage": not self.backing_off,
         }
         return [name for name, ok in checks.items() if not ok]

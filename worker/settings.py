@@ -156,6 +156,17 @@ class IndexSettings(BaseModel):
     quantization: Literal["none", "scalar"] = Field(
         default="none", description="Vector quantisation of a new collection (`scalar`: int8, 4x smaller)."
     )
+    shard_number: int | None = Field(
+        default=None,
+        ge=1,
+        description="Qdrant server: shards of a new collection (unset: the server's default).",
+    )
+    replication_factor: int | None = Field(
+        default=None, ge=1, description="Qdrant server: copies of each shard of a new collection."
+    )
+    write_consistency_factor: int | None = Field(
+        default=None, ge=1, description="Qdrant server: replicas that must confirm a write (new collection)."
+    )
     optimize_every: int = Field(
         default=10_000,
         ge=1,

@@ -6,6 +6,7 @@ model (the decisions do not depend on which encoder, the plumbing does).
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -102,7 +103,8 @@ def test_bad_records_are_dead_lettered_and_committed_past(broker: str, names: Na
         (b"k3", json.dumps({"id": 5, "text": "numbers are not ids"}).encode()),
         (b"k4", json.dumps({"id": "no-text"}).encode()),
         (b"k5", json.dumps({"id": "blank", "text": " \u200b\t "}).encode()),
-        (b"k6", json.dumps({"id": "huge", "text": "x" * 5_000}).encode()),
+        # 50× the limit: the whole record in base64 would exceed the producer's request limit
+        (b"k6", json.dumps({"id": "huge", "text": "x" * 200_000}).encode()),
         (b"k7", b"[1, 2, 3]"),
     ]
     records = [(b"ok-1", good), *bad, (b"gone", None), (b"ok-2", later)]  # a tombstone is no dead letter
@@ -123,6 +125,10 @@ def test_bad_records_are_dead_lettered_and_committed_past(broker: str, names: Na
         ("not_object", 7),
     ]
     assert all(letter["reason"].startswith(letter["code"]) for letter in letters)
+    huge = letters[5]
+    assert (huge["truncated"], huge["value_bytes"]) == (True, len(bad[5][1] or b""))
+    assert base64.b64decode(huge["value_b64"]) == (bad[5][1] or b"")[:4_000]
+    assert not any(letter["truncated"] for letter in letters[:5])
     decided = [json.loads(value)["id"] for _, value in read_topic(broker, names.decisions, expect=2)]
     assert decided == ["ok-1", "ok-2"]  # the worker went on past the bad records
     assert committed(broker, names.group, names.input) == {0: len(records)}

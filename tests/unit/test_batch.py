@@ -282,7 +282,13 @@ def test_dead_letters_carry_reason_original_bytes_and_position() -> None:
         "oversized",
     ]
     for record, letter, (key, _) in zip(bad, letters, publisher.messages(DLQ), strict=True):
-        assert base64.b64decode(str(letter["value_b64"])) == record.value
+        stored = base64.b64decode(str(letter["value_b64"]))
+        assert record.value is not None
+        assert letter["value_bytes"] == len(record.value)
+        if letter["code"] == "oversized":  # a prefix of the limit's size, flagged as such
+            assert (stored, letter["truncated"]) == (record.value[:1000], True)
+        else:
+            assert (stored, letter["truncated"]) == (record.value, False)
         assert key == record.key
         assert letter["key_b64"] == (None if record.key is None else base64.b64encode(record.key).decode())
         assert letter["source"] == {"topic": "documents", "partition": 0, "offset": record.offset}
@@ -291,6 +297,19 @@ def test_dead_letters_carry_reason_original_bytes_and_position() -> None:
         assert str(letter["reason"]).startswith(f"{letter['code']}: ")
     assert (result.records, result.documents, result.dead_letters) == (8, 1, 7)
     assert [d["id"] for d in result.decisions] == ["ok"]
+
+
+def test_a_10_mb_record_dead_letters_within_the_producers_request_limit() -> None:
+    from worker.__main__ import dlq_max_bytes
+    from worker.settings import WorkerSettings
+
+    settings = WorkerSettings()
+    huge = raw_record(b'{"id": "big", "text": "' + b"x" * 10_000_000 + b'"}', 1, key=b"k" * 100_000)
+    _, publisher = step([huge], MemoryIndex(), cfg=config(max_message_bytes=settings.max_message_bytes))
+    ((key, value),) = publisher.messages(DLQ)
+    letter = json.loads(value)
+    assert (letter["code"], letter["truncated"], letter["value_bytes"]) == ("oversized", True, 10_000_025)
+    assert len(value) + len(key or b"") < dlq_max_bytes(settings)
 
 
 # ---------------------------------------------------------------------------------------- replays
@@ -364,6 +383,32 @@ def test_replay_with_other_batch_boundaries_gives_the_same_flags() -> None:
     index = MemoryIndex()  # a crash after the first run: everything replayed, other boundaries
     run_stream(records, 7, index)
     assert essence(run_stream(records, 5, index)) == essence(reference)
+
+
+@pytest.mark.parametrize(("first_size", "replay_size"), [(30, 1), (1, 30), (7, 4)])
+def test_a_replay_with_other_boundaries_republishes_byte_identical_flags(
+    first_size: int, replay_size: int
+) -> None:
+    records = sorted(stream(), key=order_key)
+    index = MemoryIndex()
+    first = run_stream(records, first_size, index)
+    stages = {json.loads(value)["stage"] for _, value in first}
+    assert {"batch", "index"} & stages  # the boundaries decide these: the replay must keep them
+    replay = run_stream(records, replay_size, index)  # crashed after the upserts, before the commit
+    assert sorted(replay, key=lambda m: m[0] or b"") == sorted(first, key=lambda m: m[0] or b"")
+
+
+def test_the_stage_is_stored_before_the_flag_is_sent() -> None:
+    class FailingPublisher(ListPublisher):
+        def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+            raise ConnectionError("broker gone")
+
+    records = sorted(stream(), key=order_key)
+    index = MemoryIndex()
+    with pytest.raises(ConnectionError):
+        run_batch(records[:30], HashEncoder(), index, FailingPublisher(), config())
+    assert index.count() > 0  # upserted first: a replay finds each first decision's stage
+    assert run_stream(records[:30], 1, index) == run_stream(records[:30], 30, MemoryIndex())
 
 
 # -------------------------------------------------------------------------------------- deletions

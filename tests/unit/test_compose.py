@@ -175,9 +175,10 @@ def test_workers_scale_as_one_group_and_mount_the_model_read_only(raw: dict[str,
     assert "ports" not in service  # no fixed host port: --scale would collide
     assert "models:/models:ro" in service["volumes"]
     env = as_dict(service["environment"])
-    assert env["TWINFLAG_KAFKA__GROUP_ID"] == as_dict(raw["services"]["worker"]["environment"])[
-        "TWINFLAG_KAFKA__GROUP_ID"
-    ]
+    assert (
+        env["TWINFLAG_KAFKA__GROUP_ID"]
+        == as_dict(raw["services"]["worker"]["environment"])["TWINFLAG_KAFKA__GROUP_ID"]
+    )
     assert env["TWINFLAG_INDEX__BACKEND"] == "qdrant"
 
 

@@ -12,7 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -332,12 +332,14 @@ class TestVectorIndexContract:
         rng = np.random.default_rng(9)
         index = backend.ready()
         p1, p2 = point("d1", unit(rng), tenant="a"), point("d2", unit(rng), tenant="b")
+        p2 = replace(p2, stage="batch")  # the first decision's stage comes back for replays
         index.upsert([p1, p2])
         got = index.fetch([("a", "d1"), ("b", "d2"), ("a", "missing"), ("b", "d1"), ("a", "d1")])
         assert set(got) == {("a", "d1"), ("b", "d2")}
         for p in (p1, p2):
             stored = got[(p.tenant, p.doc_id)]
             assert (stored.tenant, stored.doc_id, stored.text_hash) == (p.tenant, p.doc_id, p.text_hash)
+            assert stored.stage == p.stage
             assert stored.vector.dtype == np.float32
             np.testing.assert_allclose(stored.vector, p.vector, atol=1e-6)
 
@@ -446,3 +448,51 @@ class TestVectorIndexContract:
         assert [x.doc_id for x in got] == model.search(q, 4)
         hq = [HashQuery(tenant, h, before, me) for h in "xyz"]
         assert [x.doc_id if x else None for x in index.find_hashes(hq)] == [model.find_hash(h) for h in hq]
+
+
+def test_a_new_server_collection_gets_the_configured_shards_and_replicas() -> None:
+    from qdrant_client import QdrantClient
+
+    url = os.environ.get("QDRANT_URL")
+    client = (
+        QdrantClient(url=url, api_key=os.environ.get("QDRANT_API_KEY"), timeout=30)
+        if url
+        else QdrantClient(":memory:")
+    )
+    created: dict[str, object] = {}
+    real_create = client.create_collection
+
+    def create(*args: object, **kwargs: object) -> bool:
+        created.update(kwargs)
+        return real_create(*args, **kwargs)  # type: ignore[arg-type]
+
+    client.create_collection = create  # type: ignore[method-assign]
+    collection = f"layout-{uuid.uuid4().hex[:12]}"
+    index = QdrantIndex(client, collection, shard_number=2, replication_factor=1, write_consistency_factor=1)
+    index.ensure(DIM, MODEL)
+    assert (created["shard_number"], created["replication_factor"]) == (2, 1)
+    assert created["write_consistency_factor"] == 1
+    if url:  # a real server reports the layout back
+        params = client.get_collection(collection).config.params
+        assert (params.shard_number, params.replication_factor) == (2, 1)
+        client.delete_collection(collection)
+    assert "shard_number" not in _kwargs_of_default_collection()
+    client.close()
+
+
+def _kwargs_of_default_collection() -> dict[str, object]:
+    """What ``create_collection`` gets when no layout is configured: the server's defaults apply."""
+    from qdrant_client import QdrantClient
+
+    client = QdrantClient(":memory:")
+    created: dict[str, object] = {}
+    real_create = client.create_collection
+
+    def create(*args: object, **kwargs: object) -> bool:
+        created.update(kwargs)
+        return real_create(*args, **kwargs)  # type: ignore[arg-type]
+
+    client.create_collection = create  # type: ignore[method-assign]
+    QdrantIndex(client, "plain").ensure(DIM, MODEL)
+    client.close()
+    return created

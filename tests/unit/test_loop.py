@@ -30,6 +30,7 @@ class ListSource:
         self.committed: dict[tuple[str, int], int] = {}
         self.polls = 0
         self.refuse_commits = 0
+        self.joined = True
 
     def poll(self, max_records: int | None = None) -> list[Record]:
         self.polls += 1
@@ -200,6 +201,24 @@ def test_readiness_reports_backing_off_while_the_index_is_away() -> None:
     )  # fmt: skip
     assert seen[0] == []
     assert seen[1] == ["backing off after an outage"]
+    assert readiness.ready
+
+
+def test_not_ready_until_the_group_has_assigned_partitions() -> None:
+    events: list[str] = []
+    source = ListSource(stream(3), events)
+    source.joined = False  # polling, but the group join has not finished
+    readiness = Readiness(model_loaded=True, index_ready=True)
+    run(
+        source, HashEncoder(), MemoryIndex(), RecordingPublisher(events), CONFIG, threading.Event(),
+        max_messages=1, readiness=readiness,
+    )  # fmt: skip
+    assert readiness.missing() == ["no partitions assigned yet (group join)"]
+    source.joined = True
+    run(
+        source, HashEncoder(), MemoryIndex(), RecordingPublisher(events), CONFIG, threading.Event(),
+        max_messages=1, readiness=readiness,
+    )  # fmt: skip
     assert readiness.ready
 
 

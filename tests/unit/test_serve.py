@@ -25,8 +25,11 @@ def test_health_readiness_and_metrics() -> None:
         assert status == 503
         assert "model not loaded" in body
         assert "broker not connected" in body
+        assert "no partitions assigned yet" in body
 
         readiness.model_loaded = readiness.index_ready = readiness.broker_connected = True
+        assert get(server.port, "/readyz")[0] == 503
+        readiness.group_joined = True
         assert get(server.port, "/readyz") == (200, "ready\n")
         readiness.backing_off = True
         assert get(server.port, "/readyz")[0] == 503
