@@ -435,7 +435,7 @@ def _publish(
                 threshold=config.threshold,
                 matches=matches,
                 tenant=doc.document.tenant,
-                stage=doc.stage,
+                stage=doc.stage or match.stage,  # set for every flagged document
                 model=config.model_version,
                 detected_at=timestamp_iso(p.record.timestamp_ms),
                 source=source,

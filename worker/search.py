@@ -846,11 +846,9 @@ class QdrantIndex:
         self._scalar = scalar_quantization
         self._oversampling = quantization_oversampling
         self._on_disk = on_disk_vectors
-        self._layout = {
-            "shard_number": shard_number,
-            "replication_factor": replication_factor,
-            "write_consistency_factor": write_consistency_factor,
-        }
+        self._shard_number = shard_number
+        self._replication_factor = replication_factor
+        self._write_consistency_factor = write_consistency_factor
         self._dim: int | None = None
 
     def ensure(self, dim: int, model_version: str) -> None:
@@ -900,7 +898,9 @@ class QdrantIndex:
                 hnsw_config=models.HnswConfigDiff(m=self._hnsw_m, ef_construct=self._hnsw_ef_construct),
                 quantization_config=quantization,
                 metadata={_MODEL_KEY: model_version},
-                **{name: value for name, value in self._layout.items() if value is not None},
+                shard_number=self._shard_number,
+                replication_factor=self._replication_factor,
+                write_consistency_factor=self._write_consistency_factor,
             )
         except Exception:
             if not self._client.collection_exists(self._collection):

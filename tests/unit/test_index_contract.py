@@ -476,7 +476,7 @@ def test_a_new_server_collection_gets_the_configured_shards_and_replicas() -> No
         params = client.get_collection(collection).config.params
         assert (params.shard_number, params.replication_factor) == (2, 1)
         client.delete_collection(collection)
-    assert "shard_number" not in _kwargs_of_default_collection()
+    assert _kwargs_of_default_collection()["shard_number"] is None  # unset: the server's default
     client.close()
 
 
