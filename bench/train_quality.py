@@ -81,44 +81,64 @@ def embed_speed(model_dir: Path, texts: Sequence[str], repeats: int = 2) -> floa
     return best
 
 
+#: The runs of the loss table: (loss, settings that differ from the default recipe).
+LOSS_RUNS: list[tuple[str, dict[str, Any]]] = [
+    ("triplet", {}),
+    ("batch_hard", {}),
+    ("euclidean", {}),
+    ("contrastive", {}),
+    ("mnr", {}),
+    ("mnr", {"batch_by_source": False}),
+    ("mnr", {"hard_negatives": 0, "mine": False}),
+    ("mnr", {"augment": 0.0}),
+]
+
+
 def loss_runs(
-    data_dir: Path, work: Path, losses: Sequence[str], steps: int, dev_pairs: int, lr: float
+    data_dir: Path,
+    work: Path,
+    runs: Sequence[tuple[str, dict[str, Any]]],
+    steps: int,
+    lr: float,
+    sets: dict[str, list[Pair]],
 ) -> list[dict[str, Any]]:
-    """Each loss from the base model for ``steps`` steps with the default recipe's other settings."""
+    """Each run from the base model for ``steps`` steps, the default recipe's other settings unless
+    overridden; its *last* weights (no selection) scored on every evaluation set."""
     rows = []
-    for loss in losses:
+    for number, (loss, overrides) in enumerate(runs):
+        out = work / f"loss-{number}"
         settings = default_settings(
             data_dir,
-            work / f"loss-{loss}",
+            out,
             budget_s=1e9,
-            loss=loss,
-            lr=lr,
-            time_budget_s=None,
-            max_steps=steps,
-            epochs=1,
-            examples_per_epoch=None,
-            eval_every=None,
-            dev_max_pairs=dev_pairs,
-            calibrate_max_pairs=10,
-            run_dir=work / f"run-{loss}",
-            checkpoint_every=10**9,
+            **{
+                "loss": loss,
+                "lr": lr,
+                "dev": None,
+                "deadline_s": None,
+                "max_steps": steps,
+                "epochs": 1,
+                "examples_per_epoch": None,
+                "run_dir": work / f"run-{number}",
+                "checkpoint_every": 10**9,
+                **overrides,
+            },
         )
         tick = time.monotonic()
-        result = train(settings, progress=False)
-        start, last = result.history[0], result.history[-1]
+        train(settings, progress=False)
+        aps = ap_of(model_scorer(out), sets)
+        changed = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "default recipe"
         rows.append(
             {
                 "loss": loss,
-                "settings": f"margin/scale {DEFAULT_MARGINS[loss]}, lr {lr:g}, batch {settings.batch_size}, "
-                f"{settings.hard_negatives} hard neg/row, mined, augment {settings.augment}",
+                "settings": f"{changed}; margin/scale {DEFAULT_MARGINS[loss]}, lr {lr:g}, batch "
+                f"{settings.batch_size}, {settings.hard_negatives} hard neg/row",
                 "steps": steps,
-                "dev_ap_start": start["average_precision"],
-                "dev_ap": last["average_precision"],
+                "average_precision": aps,
                 "minutes": round((time.monotonic() - tick) / 60, 1),
             }
         )
-        print(f"  loss {loss}: dev AP {start['average_precision']:.4f} → {last['average_precision']:.4f}",
-              flush=True)  # fmt: skip
+        print(f"  {loss} ({changed}): " + ", ".join(f"{k} {v:.4f}" for k, v in aps.items()), flush=True)
     return rows
 
 
@@ -127,8 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--model", type=Path, help="fine-tuned model directory (default: train one here)")
     parser.add_argument("--quick", action="store_true", help="samples and short runs: ≤ 30 min on 2 cores")
-    parser.add_argument("--losses", nargs="*", default=sorted(LOSSES), help="losses for the table")
-    parser.add_argument("--loss-steps", type=int, help="steps per loss run (default 150, quick 30)")
+    parser.add_argument(
+        "--losses", nargs="*", default=sorted(LOSSES), help="losses for the table (none: skip)"
+    )
+    parser.add_argument("--loss-steps", type=int, help="steps per loss run (default 200, quick 60)")
+    parser.add_argument("--loss-pairs", type=int, default=1000, help="pairs per evaluation set in the table")
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--skip-bilstm", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("bench/out/train_quality.json"))
@@ -179,10 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("bilstm done", flush=True)
 
         report["average_precision"] = models
-        steps = args.loss_steps or (30 if quick else 150)
-        report["losses"] = (
-            loss_runs(args.data_dir, work, args.losses, steps, 1000, args.lr) if args.losses else []
-        )
+        steps = args.loss_steps or (60 if quick else 200)
+        runs = [(loss, overrides) for loss, overrides in LOSS_RUNS if loss in args.losses]
+        small = {name: sample_pairs(pairs, args.loss_pairs, seed=7) for name, pairs in sets.items()}
+        report["losses"] = loss_runs(args.data_dir, work, runs, steps, args.lr, small) if runs else []
+        report["losses_baseline"] = ap_of(model_scorer(work / "zero-shot"), small) if runs else {}
 
     print(markdown(report))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -205,12 +229,20 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", f"CPU embedding speed: transformer {speed['transformer']:.0f} texts/s, bilstm "
                   f"{speed['bilstm']:.0f} texts/s ({report['bilstm_speedup']:.1f}×)"]  # fmt: skip
     if report["losses"]:
-        header = "| loss | settings | steps | dev AP at start | dev AP | minutes |"
-        lines += ["", "## Losses tried", "", header, "|---|---|---|---|---|---|"]
+        header = "| loss | settings | steps | " + " | ".join(names) + " | minutes |"
+        lines += ["", "## Losses tried (last weights, no selection)", "", header]
+        lines.append("|---" * (len(names) + 4) + "|")
+        base = report.get("losses_baseline") or {}
+        if base:
+            lines.append(
+                "| (zero-shot) | no training | 0 | " + " | ".join(f"{base[n]:.4f}" for n in names) + " | |"
+            )
         for row in report["losses"]:
+            aps = row["average_precision"]
             lines.append(
                 f"| {row['loss']} | {row['settings']} | {row['steps']} | "
-                f"{row['dev_ap_start']:.4f} | {row['dev_ap']:.4f} | {row['minutes']} |"
+                + " | ".join(f"{aps[n]:.4f}" for n in names)
+                + f" | {row['minutes']} |"
             )
     return "\n".join(lines)
 

@@ -176,13 +176,25 @@ def load_pairs(paths: Iterable[Path]) -> tuple[list[Pair], list[FileReport]]:
     return pairs, reports
 
 
+def _bucket(pair: Pair) -> int:
+    return int.from_bytes(hashlib.sha256(pair.text_a.encode("utf-8")).digest()[:4], "big") % 10_000
+
+
 def is_held_out(pair: Pair, fraction: float) -> bool:
     """Deterministic hold-out by a hash of ``text_a``: all pairs of one anchor text fall on one side,
     so held-out anchors are never seen in training (stricter than splitting pairs)."""
-    if fraction <= 0:
-        return False
-    bucket = int.from_bytes(hashlib.sha256(pair.text_a.encode("utf-8")).digest()[:4], "big") % 10_000
-    return bucket < fraction * 10_000
+    return fraction > 0 and _bucket(pair) < fraction * 10_000
+
+
+def split_selection(pairs: Sequence[Pair], holdout: float, fraction: float) -> tuple[list[Pair], list[Pair]]:
+    """(kept for training, selection slice): the ``fraction`` of pairs whose hash bucket lies just
+    above the held-out one, so the slice is disjoint from both the training pairs and the hold-out."""
+    low, high = holdout * 10_000, (holdout + fraction) * 10_000
+    kept: list[Pair] = []
+    chosen: list[Pair] = []
+    for pair in pairs:
+        (chosen if low <= _bucket(pair) < high else kept).append(pair)
+    return kept, chosen
 
 
 def split_holdout(pairs: Sequence[Pair], fraction: float) -> tuple[list[Pair], list[Pair]]:
@@ -241,9 +253,11 @@ class TrainingSet:
     examples: list[tuple[int, int]]
     hard_negatives: dict[int, list[int]]
     conflicts: int  # labelled non-duplicate pairs that the positives put in one cluster (dropped)
+    sources: list[int] = field(default_factory=list)  # per example: the index of the file it came from
 
 
-def build_training_set(pairs: Sequence[Pair]) -> TrainingSet:
+def build_training_set(pairs: Sequence[Pair], sources: Sequence[int] | None = None) -> TrainingSet:
+    """``sources[i]``: which file ``pairs[i]`` came from (unset: all from one), for same-source batches."""
     ids: dict[str, int] = {}
     texts: list[str] = []
 
@@ -254,14 +268,17 @@ def build_training_set(pairs: Sequence[Pair]) -> TrainingSet:
             texts.append(text)
         return ids[key]
 
-    positives: list[tuple[int, int]] = []
+    positives: dict[tuple[int, int], int] = {}  # example → source of its first occurrence
     negatives: list[tuple[int, int]] = []
-    for pair in pairs:
+    for i, pair in enumerate(pairs):
         a, b = text_id(pair.text_a), text_id(pair.text_b)
         if a == b:
             continue  # a text paired with itself teaches nothing
-        (positives if pair.label == 1 else negatives).append((a, b))
-    clusters = clusters_of(positives, len(texts))
+        if pair.label == 1:
+            positives.setdefault((a, b), 0 if sources is None else sources[i])
+        else:
+            negatives.append((a, b))
+    clusters = clusters_of(list(positives), len(texts))
     hard: dict[int, set[int]] = {}
     conflicts = 0
     for a, b in negatives:
@@ -270,8 +287,28 @@ def build_training_set(pairs: Sequence[Pair]) -> TrainingSet:
             continue
         hard.setdefault(clusters[a], set()).add(b)
         hard.setdefault(clusters[b], set()).add(a)
-    examples = list(dict.fromkeys(positives))
-    return TrainingSet(texts, clusters, examples, {c: sorted(v) for c, v in hard.items()}, conflicts)
+    examples = list(positives)
+    hard_lists = {c: sorted(v) for c, v in hard.items()}
+    return TrainingSet(texts, clusters, examples, hard_lists, conflicts, list(positives.values()))
+
+
+def group_by_source(order: Sequence[int], sources: Sequence[int], batch_size: int, seed: str) -> list[int]:
+    """``order`` regrouped so each run of ``batch_size`` examples comes from one file, runs shuffled.
+
+    In-batch negatives from another corpus (a tweet against a Quora question) are told apart by topic
+    and style alone and teach nothing; negatives from the same corpus are the hard ones. Each file's
+    last, short run is left out (fewer than ``batch_size`` examples; a later epoch's permutation
+    brings them back) so it does not fill a batch with another file's examples.
+    """
+    runs: list[list[int]] = []
+    by_source: dict[int, list[int]] = {}
+    for k in order:
+        by_source.setdefault(sources[k], []).append(k)
+    for items in by_source.values():
+        whole = len(items) - len(items) % batch_size if len(items) >= batch_size else len(items)
+        runs += [items[i : i + batch_size] for i in range(0, whole, batch_size)]
+    random.Random(seed).shuffle(runs)  # noqa: S311 - shuffling, not secrets
+    return [k for run in runs for k in run]
 
 
 # ---------------------------------------------------------------------------------------------

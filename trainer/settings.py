@@ -59,6 +59,9 @@ class TrainSettings(BaseSettings):
     margin: float | None = Field(default=None, description="Margin (scale for mnr); unset: the loss's.")
     batch_size: int = Field(default=32, ge=2, description="Anchor/positive rows per step.")
     hard_negatives: int = Field(default=1, ge=0, description="Hard negatives per row (labelled or mined).")
+    batch_by_source: bool = Field(
+        default=True, description="Fill each batch from one training file: in-batch negatives of its kind."
+    )
     augment: float = Field(default=0.1, ge=0, le=1, description="Rows that get a spam-edited extra positive.")
     mine: bool = Field(default=True, description="Mine hard negatives with the current model each epoch.")
     mine_pool: int = Field(default=6000, ge=0, description="Texts embedded for mining per epoch.")
@@ -85,6 +88,13 @@ class TrainSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="`auto`: CUDA when present.")
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads (unset: torch's choice).")
     # evaluation and export
+    select_split: float = Field(
+        default=0.0,
+        ge=0,
+        lt=0.5,
+        description="A further fraction of each training file kept out of training for model selection "
+        "(with the dev set: the best mean average precision wins).",
+    )
     dev_max_pairs: int | None = Field(default=2000, ge=10, description="Dev pairs for per-epoch selection.")
     calibrate_max_pairs: int | None = Field(
         default=None, ge=10, description="Dev pairs for the final threshold and metrics (unset: all)."

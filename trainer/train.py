@@ -42,10 +42,12 @@ from trainer.data import (
     Pair,
     TrainingSet,
     build_training_set,
+    group_by_source,
     make_batches,
     read_pairs,
     sample_pairs,
     split_holdout,
+    split_selection,
 )
 from trainer.evaluate import Metrics, choose_threshold, evaluate_scores, score_pairs
 from trainer.losses import DEFAULT_MARGINS, LOSSES, negative_mask
@@ -385,15 +387,25 @@ class TrainResult:
     tokenizer: Tokenizer
 
 
-def load_training_pairs(settings: TrainSettings) -> tuple[list[Pair], list[FileReport]]:
-    """Training pairs of every file minus its held-out fraction; reports say how many were used."""
+def load_training_pairs(
+    settings: TrainSettings,
+) -> tuple[list[Pair], list[FileReport], list[int], dict[str, list[Pair]]]:
+    """Training pairs of every file minus its held-out fraction and selection slice, the file index of
+    each pair, reports that say how many were used, and the selection slices (labelled ones only)."""
     pairs: list[Pair] = []
     reports: list[FileReport] = []
-    for path in settings.train:
+    sources: list[int] = []
+    selection: dict[str, list[Pair]] = {}
+    for number, path in enumerate(settings.train):
         more, report = read_pairs(path)
         kept, _ = split_holdout(more, settings.holdout)
+        if settings.select_split > 0:
+            kept, chosen = split_selection(kept, settings.holdout, settings.select_split)
+            if {p.label for p in chosen} == {0, 1}:  # AP needs both kinds
+                selection[f"{path.parent.name}/{path.name} selection slice"] = chosen
         report.used = len(kept)
         pairs += kept
+        sources += [number] * len(kept)
         reports.append(report)
         log.info(
             "pairs read",
@@ -403,7 +415,7 @@ def load_training_pairs(settings: TrainSettings) -> tuple[list[Pair], list[FileR
             bad=dict(report.bad),
             used=len(kept),
         )
-    return pairs, reports
+    return pairs, reports, sources, selection
 
 
 def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
@@ -422,8 +434,8 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
     # 1. data
     if not settings.train:
         raise ValueError("no training files given")
-    pairs, reports = load_training_pairs(settings)
-    data = build_training_set(pairs)
+    pairs, reports, sources, selection = load_training_pairs(settings)
+    data = build_training_set(pairs, sources)
     if not data.examples:
         raise ValueError("the training files hold no duplicate pairs")
     log.info(
@@ -437,7 +449,11 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
     dev_report: FileReport | None = None
     if settings.dev is not None:
         dev_pairs, dev_report = read_pairs(settings.dev)
-    select_pairs = sample_pairs(dev_pairs, settings.dev_max_pairs, settings.seed)
+    # model selection: the dev set and each training file's selection slice, best mean AP wins
+    select_sets = {Path(dev_report.name).name: dev_pairs} if dev_report is not None and dev_pairs else {}
+    select_sets.update(selection)
+    select_sets = {k: sample_pairs(v, settings.dev_max_pairs, settings.seed) for k, v in select_sets.items()}
+    select_pairs = [p for pairs_of_set in select_sets.values() for p in pairs_of_set]
     select_texts = len({t for p in select_pairs for t in (p.text_a, p.text_b)})
     calibrate_pairs = min(len(dev_pairs), settings.calibrate_max_pairs or len(dev_pairs))
 
@@ -470,20 +486,28 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
         if not select_pairs:
             return
         tick = time.monotonic()
-        metrics, _ = dev_metrics(module, eval_tokenizer, select_pairs, device, autocast_dtype)
+        per_set = {
+            name: dev_metrics(module, eval_tokenizer, pairs_of_set, device, autocast_dtype)[0]
+            for name, pairs_of_set in select_sets.items()
+        }
         speed = select_texts / max(time.monotonic() - tick, 1e-3)
-        state.history.append({"step": state.step, "epoch": state.epoch, **metrics.as_dict()})
-        improved = metrics.primary > state.best_score
+        score = float(np.mean([m.primary for m in per_set.values()]))
+        first = next(iter(per_set.values()))
+        entry: dict[str, float] = {"step": state.step, "epoch": state.epoch, **first.as_dict()}
+        if len(per_set) > 1:
+            entry["selection_score"] = score
+            entry.update({f"ap {name}": m.average_precision for name, m in per_set.items()})
+        state.history.append(entry)
+        improved = score > state.best_score
         if improved:
-            state.best_score, state.best_step = metrics.primary, state.step
+            state.best_score, state.best_step = score, state.step
             best = snapshot(module)
         log.info(
             "dev",
             at=label,
             step=state.step,
-            average_precision=round(metrics.average_precision, 4),
-            roc_auc=round(metrics.roc_auc, 4),
-            best_f1=round(metrics.best_f1, 4),
+            selection_score=round(score, 4),
+            average_precision={name: round(m.average_precision, 4) for name, m in per_set.items()},
             kept=improved,
         )
 
@@ -532,6 +556,9 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
             )
             state.mined_epoch = state.epoch
         order = epoch_examples(len(data.examples), settings.seed, state.epoch, settings.examples_per_epoch)
+        if settings.batch_by_source:
+            runs_seed = f"{settings.seed}:{state.epoch}:runs"
+            order = group_by_source(order, data.sources, settings.batch_size, runs_seed)
         batch_rng = random.Random(f"{settings.seed}:{state.epoch}:batches")  # noqa: S311 - not secrets
         batches = make_batches(
             data, order, settings.batch_size, batch_rng, settings.hard_negatives, state.mined
@@ -618,6 +645,7 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
             "margin": margin,
             "lr": settings.effective_lr,
             "batch_size": settings.batch_size,
+            "batch_by_source": settings.batch_by_source,
             "hard_negatives": settings.hard_negatives,
             "mine": settings.mine,
             "augment": settings.augment,
@@ -629,7 +657,9 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
             "seed": settings.seed,
             "train_max_tokens": settings.train_max_tokens,
             "freeze_layers": settings.freeze_layers,
-            "selection": f"dev average precision on {len(select_pairs)} pairs",
+            "selection": "mean average precision over "
+            + ", ".join(f"{name} ({len(v)} pairs)" for name, v in select_sets.items()),
+            "select_split": settings.select_split,
             "history": [dict(h) for h in state.history],
             "wall_s": round(time.monotonic() - started, 1),
         },

@@ -13,11 +13,13 @@ from trainer.data import (
     Pair,
     build_training_set,
     clusters_of,
+    group_by_source,
     load_pairs,
     make_batches,
     read_pairs,
     read_rows,
     split_holdout,
+    split_selection,
 )
 from trainer.losses import negative_mask
 
@@ -156,3 +158,36 @@ def test_every_example_lands_in_exactly_one_batch() -> None:
     order = list(range(len(data.examples)))
     batches = make_batches(data, order, batch_size=6, rng=random.Random(1), hard_per_example=0)
     assert sum(len(b.anchors) for b in batches) == len(data.examples)
+
+
+def test_batches_by_source_draw_in_batch_negatives_from_one_file() -> None:
+    tweets = [Pair(f"tweet {i}", f"tweet {i} again", 1) for i in range(20)]
+    questions = [Pair(f"question {i}?", f"question {i}, rephrased?", 1) for i in range(13)]
+    data = build_training_set(tweets + questions, sources=[0] * 20 + [1] * 13)
+    assert data.sources == [0] * 20 + [1] * 13
+    order = list(range(len(data.examples)))
+    random.Random(3).shuffle(order)
+    grouped = group_by_source(order, data.sources, 4, seed="s")
+    assert len(set(grouped)) == len(grouped) == 32  # no repeats; only the questions' short last run left out
+    assert sum(data.sources[k] == 1 for k in grouped) == 12
+    assert grouped == group_by_source(order, data.sources, 4, seed="s")  # reproducible (resume)
+    batches = make_batches(data, grouped, batch_size=4, rng=random.Random(0), hard_per_example=0)
+    for batch in batches:
+        kinds = {text.split()[0] for text in batch.anchors + batch.candidates}
+        assert len(kinds) == 1, batch.anchors
+    mixed = make_batches(data, order, batch_size=4, rng=random.Random(0), hard_per_example=0)
+    assert any(len({t.split()[0] for t in b.anchors}) > 1 for b in mixed)  # what it replaces
+
+
+def test_the_selection_slice_is_disjoint_from_training_and_the_hold_out() -> None:
+    pairs = [Pair(f"post {i}", f"post {i} again", i % 2) for i in range(4000)]
+    kept, held = split_holdout(pairs, 0.1)
+    trained, chosen = split_selection(kept, 0.1, 0.05)
+    assert 0.03 < len(chosen) / len(pairs) < 0.07
+    assert 0.08 < len(held) / len(pairs) < 0.12
+    texts = [{p.text_a for p in part} for part in (trained, chosen, held)]
+    assert texts[0].isdisjoint(texts[1])
+    assert texts[0].isdisjoint(texts[2])
+    assert texts[1].isdisjoint(texts[2])
+    assert len(trained) + len(chosen) + len(held) == len(pairs)
+    assert split_selection(kept, 0.1, 0.05) == (trained, chosen)  # the same slice on every run

@@ -100,6 +100,24 @@ def test_tiny_transformer_trains_and_reloads(tmp_path: Path, pair_files: tuple[P
     assert (result.out / "config.json").is_file()
 
 
+def test_model_selection_averages_the_dev_set_and_each_training_files_slice(
+    tmp_path: Path, pair_files: tuple[Path, Path]
+) -> None:
+    second = write_pairs(tmp_path / "more.tsv", 5, dev=True)
+    settings = settings_for(tmp_path, pair_files, train=[pair_files[0], second], select_split=0.4)
+    result = train(settings, progress=False)
+    entry = result.history[-1]
+    slices = {k for k in entry if k.startswith("ap ") and "selection slice" in k}
+    assert len(slices) == 2  # each labelled training file contributed a slice
+    per_set = [v for k, v in entry.items() if k.startswith("ap ")]
+    assert entry["selection_score"] == pytest.approx(sum(per_set) / len(per_set))
+    assert "selection slice" in result.manifest.training["selection"]
+    best = max(h["selection_score"] for h in result.history)
+    assert result.manifest.training["best_step"] == next(
+        h["step"] for h in result.history if h["selection_score"] == best
+    )
+
+
 def test_seeded_cpu_runs_are_reproducible(tmp_path: Path, pair_files: tuple[Path, Path]) -> None:
     first = train(settings_for(tmp_path / "a", pair_files), progress=False).manifest
     second = train(settings_for(tmp_path / "b", pair_files), progress=False).manifest
