@@ -182,13 +182,19 @@ def _rel(path: Path) -> str:
 
 
 def models_to_compare(zero_shot: Path | None = None) -> dict[str, Path]:
-    """zero-shot always; models/default (fine-tuned) when the trainer has shipped one."""
+    """zero-shot always; models/default (fine-tuned) when the trainer has shipped one; models/bilstm
+    when ``python -m bench.train_quality`` has trained one."""
     from bench import throughput
 
     out = {"zero-shot": zero_shot or throughput.ZERO_SHOT}
     if default_model() != throughput.ZERO_SHOT:
         out["default"] = default_model()
+    if (BILSTM / "manifest.json").is_file():
+        out["bilstm"] = BILSTM
     return out
+
+
+BILSTM = ROOT / "models" / "bilstm"  # written by ``python -m bench.train_quality``
 
 
 def measure(
