@@ -167,7 +167,7 @@ class MemoryIndex:
             p = self._points.get(point_id(tenant, doc_id))
             if p is not None:
                 found[(tenant, doc_id)] = StoredVector(
-                    p.doc_id, p.tenant, p.text_hash, p.vector.copy(), p.stage
+                    p.doc_id, p.tenant, p.text_hash, p.vector.copy(), p.decision
                 )
         return found
 
@@ -178,7 +178,7 @@ class MemoryIndex:
             _check_key(p.order)
             vector = np.array(p.vector, dtype=np.float32, copy=True)
             self._points[point_id(p.tenant, p.doc_id)] = IndexPoint(
-                p.doc_id, p.tenant, vector, p.text_hash, p.order, p.model, p.created_at, p.stage
+                p.doc_id, p.tenant, vector, p.text_hash, p.order, p.model, p.created_at, p.decision
             )
 
     def delete(self, tenant: str | None, doc_ids: Sequence[str]) -> int:

@@ -19,18 +19,18 @@ Semantics worth knowing (the visibility rule itself is in ``worker/decide.py``):
   the match, at score 1.0, with no embedding and no search. The document is still upserted, with the
   matched document's vector (the texts normalise to the same string), so it stays searchable.
 - Replays: a document already stored under its (tenant, id) with the same text hash reuses its stored
-  vector, and index neighbours are rescored in float64 from their stored vectors, so scores do not
-  depend on which side of a batch boundary a match sat. The same batch replayed publishes byte-identical
-  messages. Replayed with *different* boundaries, flags keep their id, duplicate_of, score, threshold and
-  matches; ``stage`` ("batch" or "index", which depends on the boundaries) is stored with the point
-  before anything is sent, and a replay republishes the stored one, so the flag is byte-identical.
-  What a replay cannot reproduce: a match against a document deleted, or overwritten by a later version
-  of its id, since the first run; and, when more than ``TIE_MARGIN * top_k`` stored copies of one text
-  tie exactly at the index's cut, which of those copies the index handed back.
+  vector and republishes its stored first decision (matches, scores, stage), which is written with the
+  point before anything is sent. So a replayed flag is byte-identical to its first copy whatever the
+  new batch boundaries, and even when records of other partitions read since would now match better.
+  Index neighbours are rescored in float64 from their stored vectors, so scores do not depend on which
+  side of a batch boundary a match sat. ``stage`` ("batch" or "index") does depend on the boundaries:
+  two independent runs over one stream can differ there; with more than one partition they can also
+  differ in matches (see README, "Where the limits are").
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -138,8 +138,7 @@ class _Doc:
     exact: Candidate | None = None
     exact_in_batch: int | None = None  # position of the in-batch document it exactly repeats
     vector: np.ndarray | None = None
-    stored_stage: str | None = None  # the stage its first decision recorded (a replay of a stored point)
-    stage: Stage | None = None  # the stage this decision reports
+    first: Verdict | None = None  # its first decision, stored with its point (a replay)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -197,10 +196,9 @@ def run_batch(
     with timer("decide"):
         verdicts = [decide(candidates, config.threshold) for candidates in ranked]
         result.flags = sum(v.flagged for v in verdicts)
-        for doc, verdict in zip(docs, verdicts, strict=True):
-            doc.stage = _stage(doc, verdict)
-    with timer("upsert"):  # before any send: a flag never leaves without its stage stored
-        points = _points(docs, config.model_version)
+        verdicts = [doc.first or verdict for doc, verdict in zip(docs, verdicts, strict=True)]
+    with timer("upsert"):  # before any send: no flag leaves before its decision is stored
+        points = _points(docs, verdicts, config.model_version)
         if points:
             index.upsert(points)
     with timer("publish"):
@@ -208,19 +206,28 @@ def run_batch(
     return result
 
 
-def _stage(doc: _Doc, verdict: Verdict) -> Stage | None:
-    """Where the match was found; on a replay, where the first decision found it.
+def encode_verdict(verdict: Verdict) -> str:
+    """A decision as stored with the document's point (compact JSON, candidates in rank order)."""
+    rows = [[c.doc_id, c.score, c.order[0], c.order[1], c.stage] for c in verdict.matches]
+    return json.dumps({"flagged": verdict.flagged, "matches": rows}, separators=(",", ":"))
 
-    "batch" and "index" depend on batch boundaries, which a replay need not share: the first
-    decision's stage, stored with the point, is kept so republished flags are byte-identical.
-    """
-    match = verdict.duplicate_of
-    if match is None:
+
+def decode_verdict(text: str | None) -> Verdict | None:
+    """The stored decision, or None when absent or unreadable (the document is then decided afresh)."""
+    if text is None:
         return None
-    embedded = ("batch", "index")
-    if match.stage in embedded and doc.stored_stage in embedded:
-        return "batch" if doc.stored_stage == "batch" else "index"
-    return match.stage
+    try:
+        data = json.loads(text)
+        matches = [
+            Candidate(str(i), float(s), (int(ts), int(pos)), _STAGES[st])
+            for i, s, ts, pos, st in data["matches"]
+        ]
+        return Verdict(matches, bool(data["flagged"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+_STAGES: dict[str, Stage] = {"exact": "exact", "batch": "batch", "index": "index"}
 
 
 class _Timer:
@@ -332,7 +339,7 @@ def _vectors(docs: list[_Doc], encoder: Encoder, index: VectorIndex) -> int:
         own = stored.get(doc.key)
         match = stored.get((doc.document.tenant, doc.exact.doc_id)) if doc.exact else None
         if own is not None and own.text_hash == doc.text_hash:
-            doc.vector, doc.stored_stage = own.vector, own.stage
+            doc.vector, doc.first = own.vector, decode_verdict(own.decision)
             reused += 1
         elif doc.exact is not None and doc.exact_in_batch is None and match is not None:
             doc.vector = match.vector
@@ -435,7 +442,7 @@ def _publish(
                 threshold=config.threshold,
                 matches=matches,
                 tenant=doc.document.tenant,
-                stage=doc.stage or match.stage,  # set for every flagged document
+                stage=match.stage,
                 model=config.model_version,
                 detected_at=timestamp_iso(p.record.timestamp_ms),
                 source=source,
@@ -448,7 +455,7 @@ def _publish(
             duplicate_of=None if match is None else match.doc_id,
             score=None if best is None else best.score,
             matches=matches,
-            stage=doc.stage,
+            stage=None if match is None else match.stage,
             model=config.model_version,
             source=source,
         )
@@ -489,9 +496,11 @@ def _dead_letter(
     )
 
 
-def _points(docs: list[_Doc], model: str) -> list[IndexPoint]:
-    """Every surviving document, one point per (tenant, id): the latest version by order key wins."""
+def _points(docs: list[_Doc], verdicts: list[Verdict], model: str) -> list[IndexPoint]:
+    """Every surviving document with its decision, one point per (tenant, id): the latest version by
+    order key wins."""
     latest: dict[tuple[str, str], _Doc] = {}
+    decided: dict[int, Verdict] = {id(doc): verdict for doc, verdict in zip(docs, verdicts, strict=True)}
     for doc in docs:
         if not doc.deleted:
             latest[doc.key] = doc
@@ -504,7 +513,7 @@ def _points(docs: list[_Doc], model: str) -> list[IndexPoint]:
             order=doc.order,
             model=model,
             created_at=None if doc.document.created_at is None else doc.document.created_at.isoformat(),
-            stage=doc.stage,
+            decision=encode_verdict(decided[id(doc)]),
         )
         for doc in sorted(latest.values(), key=lambda d: d.order)
     ]

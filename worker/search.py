@@ -97,10 +97,10 @@ def point_id(tenant: str, doc_id: str) -> str:
 @dataclass(frozen=True, slots=True)
 class IndexPoint:
     """What the index stores per document (payload: id, tenant, text_hash, created_at, model, ts, pos,
-    stage).
+    decision).
 
-    ``stage`` is where the document's first decision found its match ("exact", "batch", "index"; null
-    when it was not flagged): a replay with other batch boundaries republishes it unchanged.
+    ``decision`` is the document's first decision (JSON, written by ``worker.batch``): a replay
+    republishes it unchanged, whatever the batch boundaries or the documents read since.
     """
 
     doc_id: str
@@ -110,7 +110,7 @@ class IndexPoint:
     order: OrderKey
     model: str
     created_at: str | None = None
-    stage: str | None = None
+    decision: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,13 +144,13 @@ class StoredVector:
     tenant: str
     text_hash: str
     vector: np.ndarray
-    stage: str | None = None
+    decision: str | None = None
 
 
 def _stored(key: tuple[str, str], payload: dict[str, Any], vector: np.ndarray) -> StoredVector:
-    stage = payload.get("stage")  # absent from points written before it was stored
+    decision = payload.get("decision")  # absent from points written before it was stored
     return StoredVector(
-        key[1], key[0], str(payload["text_hash"]), vector, None if stage is None else str(stage)
+        key[1], key[0], str(payload["text_hash"]), vector, None if decision is None else str(decision)
     )
 
 
@@ -224,7 +224,7 @@ def _payload(point: IndexPoint) -> dict[str, Any]:
         "model": point.model,
         "ts": point.order[0],
         "pos": point.order[1],
-        "stage": point.stage,
+        "decision": point.decision,
     }
 
 
@@ -516,7 +516,7 @@ class EdgeIndex:
         if not keys:
             return {}
         ids: list[str | int | uuid.UUID] = list(dict.fromkeys(point_id(t, d) for t, d in keys))
-        records = self._open().retrieve(ids, ["id", "tenant", "text_hash", "stage"], True)
+        records = self._open().retrieve(ids, ["id", "tenant", "text_hash", "decision"], True)
         out: dict[tuple[str, str], StoredVector] = {}
         for rec in records:
             p = rec.payload or {}
@@ -1019,7 +1019,10 @@ class QdrantIndex:
         ids = list(dict.fromkeys(point_id(t, d) for t, d in keys))
         with _unavailable(self._collection):
             records = self._client.retrieve(
-                self._collection, ids, with_payload=["id", "tenant", "text_hash", "stage"], with_vectors=True
+                self._collection,
+                ids,
+                with_payload=["id", "tenant", "text_hash", "decision"],
+                with_vectors=True,
             )
         out: dict[tuple[str, str], StoredVector] = {}
         for rec in records:

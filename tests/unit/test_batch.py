@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from tests.fakes import HashEncoder, ListPublisher, MemoryIndex, doc_record, raw_record
-from worker.batch import BatchResult, Record, StepConfig, order_key, run_batch
+from worker.batch import BatchResult, Record, StepConfig, decode_verdict, encode_verdict, order_key, run_batch
+from worker.decide import Candidate, Verdict
 from worker.normalize import normalize, text_hash
 from worker.schema import Decision
 from worker.search import Neighbour, Query
@@ -398,7 +399,7 @@ def test_a_replay_with_other_boundaries_republishes_byte_identical_flags(
     assert sorted(replay, key=lambda m: m[0] or b"") == sorted(first, key=lambda m: m[0] or b"")
 
 
-def test_the_stage_is_stored_before_the_flag_is_sent() -> None:
+def test_the_decision_is_stored_before_the_flag_is_sent() -> None:
     class FailingPublisher(ListPublisher):
         def send(self, topic: str, key: bytes | None, value: bytes) -> None:
             raise ConnectionError("broker gone")
@@ -407,7 +408,7 @@ def test_the_stage_is_stored_before_the_flag_is_sent() -> None:
     index = MemoryIndex()
     with pytest.raises(ConnectionError):
         run_batch(records[:30], HashEncoder(), index, FailingPublisher(), config())
-    assert index.count() > 0  # upserted first: a replay finds each first decision's stage
+    assert index.count() > 0  # upserted first: a replay finds each first decision
     assert run_stream(records[:30], 1, index) == run_stream(records[:30], 30, MemoryIndex())
 
 
@@ -527,3 +528,30 @@ def test_unflagged_decision_reports_best_match_and_top_k() -> None:
 def test_empty_batch() -> None:
     result, publisher = step([], MemoryIndex())
     assert (result.records, result.decisions, publisher.sent) == (0, [], [])
+
+
+def test_a_replay_republishes_the_first_decision_even_when_a_better_match_arrived_since() -> None:
+    """A record of another partition, earlier by timestamp but read only after the crash, would match
+    the replayed post better; the replay must still republish the first flag byte for byte."""
+    index, cfg = MemoryIndex(), config()
+    original = "cheap flights to lisbon this weekend only, message me for the booking link"
+    repost = original.replace("weekend", "weekned") + " !!"
+    a = doc_record("A", original, 0, partition=0, timestamp_ms=1000)
+    r = doc_record("R", repost, 1, partition=0, timestamp_ms=3000)
+    b = doc_record("B", repost, 0, partition=1, timestamp_ms=2000)  # the late one
+    first = ListPublisher()
+    run_batch([a, r], HashEncoder(), index, first, cfg)  # published, then killed before the commit
+    again = ListPublisher()
+    run_batch([b], HashEncoder(), index, again, cfg)  # after the restart, partition 1 comes first
+    run_batch([a, r], HashEncoder(), index, again, cfg)
+    flagged = dict(first.messages(FLAGS))
+    assert json.loads(flagged[b"R"])["duplicate_of"] == "A"
+    assert dict(again.messages(FLAGS))[b"R"] == flagged[b"R"]
+    assert json.loads(dict(again.messages(FLAGS))[b"B"])["duplicate_of"] == "A"  # B is decided afresh
+
+
+def test_an_unreadable_stored_decision_is_decided_afresh() -> None:
+    assert decode_verdict("not json") is None
+    assert decode_verdict('{"flagged": true, "matches": [["a", 0.9, 1, 2, "sideways"]]}') is None
+    verdict = Verdict([Candidate("a", 0.9, (1, 2), "index")], True)
+    assert decode_verdict(encode_verdict(verdict)) == verdict

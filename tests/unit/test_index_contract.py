@@ -332,14 +332,14 @@ class TestVectorIndexContract:
         rng = np.random.default_rng(9)
         index = backend.ready()
         p1, p2 = point("d1", unit(rng), tenant="a"), point("d2", unit(rng), tenant="b")
-        p2 = replace(p2, stage="batch")  # the first decision's stage comes back for replays
+        p2 = replace(p2, decision='{"flagged":false,"matches":[]}')  # comes back for replays
         index.upsert([p1, p2])
         got = index.fetch([("a", "d1"), ("b", "d2"), ("a", "missing"), ("b", "d1"), ("a", "d1")])
         assert set(got) == {("a", "d1"), ("b", "d2")}
         for p in (p1, p2):
             stored = got[(p.tenant, p.doc_id)]
             assert (stored.tenant, stored.doc_id, stored.text_hash) == (p.tenant, p.doc_id, p.text_hash)
-            assert stored.stage == p.stage
+            assert stored.decision == p.decision
             assert stored.vector.dtype == np.float32
             np.testing.assert_allclose(stored.vector, p.vector, atol=1e-6)
 
