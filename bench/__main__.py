@@ -38,7 +38,7 @@ SECTIONS = ("throughput", "stream_quality", "pair_quality", "latency", "index_sc
 
 
 def _throughput(quick: bool, out: Path, work: Path, done: dict[str, Any]) -> dict[str, Any]:
-    n, batches, naive_n = (256, [32, 64], 20) if quick else (1000, [16, 64, 256], 200)
+    n, batches, naive_n = (128, [32], 10) if quick else (1000, [16, 64, 256], 200)
     model = default_model()
     command = (
         f"python -m bench.throughput --n {n} --batches {' '.join(map(str, batches))} --naive-n {naive_n} "
@@ -58,7 +58,7 @@ def _stream_quality(quick: bool, out: Path, work: Path, done: dict[str, Any]) ->
 
 
 def _pair_quality(quick: bool, out: Path, work: Path, done: dict[str, Any]) -> dict[str, Any]:
-    max_pairs = 200 if quick else 1000
+    max_pairs = 100 if quick else 1000
     return {
         **pair_quality.measure(max_pairs),
         "command": f"python -m bench.pair_quality --max-pairs {max_pairs}",
@@ -74,7 +74,7 @@ def _latency(quick: bool, out: Path, work: Path, done: dict[str, Any]) -> dict[s
         )
     else:
         rate, basis = 5.0, "a fixed 5 posts/s: no run throughput measured in this invocation"
-    n = 40 if quick else 400
+    n = 20 if quick else 400
     result = latency.measure(rate, n, 13, default_model(), work)
     latency.plot(result, out / "latency_cdf.png")
     return {
@@ -89,7 +89,7 @@ def _index_scaling(quick: bool, out: Path, work: Path, done: dict[str, Any]) -> 
 
     # Default: its own quick ladder (10k, 50k; about 4 minutes here): the 1M ladder alone takes longer than
     # the 30-minute budget. --quick: 10k points only, fewer queries.
-    args = ["--max-points", "10000", "--queries", "128", "--recall-queries", "50"] if quick else ["--quick"]
+    args = ["--max-points", "5000", "--queries", "64", "--recall-queries", "20"] if quick else ["--quick"]
     path = work / "index_scaling.json"
     index_scaling.main([*args, "--out", str(path)])
     return {**json.loads(path.read_text()), "command": "python -m bench.index_scaling " + " ".join(args)}

@@ -119,6 +119,7 @@ def loss_runs(
                 "loss": loss,
                 "lr": lr,
                 "dev": None,
+                "select_split": 0.0,  # no selection: the table shows what each run's last weights give
                 "deadline_s": None,
                 "max_steps": steps,
                 "epochs": 1,
