@@ -195,8 +195,8 @@ def run_batch(
         ranked = _candidates(docs, visible, index, first_version, config.top_k)
     with timer("decide"):
         verdicts = [decide(candidates, config.threshold) for candidates in ranked]
-        result.flags = sum(v.flagged for v in verdicts)
         verdicts = [doc.first or verdict for doc, verdict in zip(docs, verdicts, strict=True)]
+        result.flags = sum(v.flagged for v in verdicts)
     with timer("upsert"):  # before any send: no flag leaves before its decision is stored
         points = _points(docs, verdicts, config.model_version)
         if points:
