@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
+from bench.harness import committed  # noqa: F401 - the tests import it from here
 from demo.broker import free_port, tansu
 from worker.settings import IndexSettings, KafkaSettings, WorkerSettings
 
@@ -216,15 +217,3 @@ def read_topic(
         return out
     finally:
         consumer.close()
-
-
-def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    """The group's committed offsets on ``topic``, by partition."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        offsets = admin.list_group_offsets({group: None}).get(group, {})
-    finally:
-        admin.close()
-    return {
-        tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0
-    }

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -31,6 +32,9 @@ from worker.search import (
     Query,
     VectorIndex,
 )
+
+if TYPE_CHECKING:
+    from qdrant_client import QdrantClient
 
 DIM = 16
 MODEL = "m1"
@@ -459,14 +463,7 @@ def test_a_new_server_collection_gets_the_configured_shards_and_replicas() -> No
         if url
         else QdrantClient(":memory:")
     )
-    created: dict[str, object] = {}
-    real_create = client.create_collection
-
-    def create(*args: object, **kwargs: object) -> bool:
-        created.update(kwargs)
-        return real_create(*args, **kwargs)  # type: ignore[arg-type]
-
-    client.create_collection = create  # type: ignore[method-assign]
+    created = record_creates(client)
     collection = f"layout-{uuid.uuid4().hex[:12]}"
     index = QdrantIndex(client, collection, shard_number=2, replication_factor=1, write_consistency_factor=1)
     index.ensure(DIM, MODEL)
@@ -480,11 +477,8 @@ def test_a_new_server_collection_gets_the_configured_shards_and_replicas() -> No
     client.close()
 
 
-def _kwargs_of_default_collection() -> dict[str, object]:
-    """What ``create_collection`` gets when no layout is configured: the server's defaults apply."""
-    from qdrant_client import QdrantClient
-
-    client = QdrantClient(":memory:")
+def record_creates(client: QdrantClient) -> dict[str, object]:
+    """The keyword arguments of the client's ``create_collection`` calls, filled in as they happen."""
     created: dict[str, object] = {}
     real_create = client.create_collection
 
@@ -493,6 +487,15 @@ def _kwargs_of_default_collection() -> dict[str, object]:
         return real_create(*args, **kwargs)  # type: ignore[arg-type]
 
     client.create_collection = create  # type: ignore[method-assign]
+    return created
+
+
+def _kwargs_of_default_collection() -> dict[str, object]:
+    """What ``create_collection`` gets when no layout is configured: the server's defaults apply."""
+    from qdrant_client import QdrantClient
+
+    client = QdrantClient(":memory:")
+    created = record_creates(client)
     QdrantIndex(client, "plain").ensure(DIM, MODEL)
     client.close()
     return created
