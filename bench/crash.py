@@ -18,6 +18,9 @@ milliseconds, so that republished copies exist to compare. Then:
   differently and may legitimately differ there;
 - byte-identical: every republished flag or decision equals its first copy, byte for byte;
 - replays: extra copies (work redone), next to what was decided but not committed at each kill;
+- order: first decisions that came out after the decision of a post later by order key (the worker
+  merges its partitions by timestamp; anything here means a post was decided before an earlier one
+  of another partition had been read);
 - index: recall@10 of its search against brute force (below 1: approximate, so a neighbour seen
   exactly inside one batch can be missed from the index in another run); after each kill (on a copy
   of the directory, so the restarted worker's own recovery is left untouched) and at the end, the
@@ -407,6 +410,24 @@ def matched_ids(message: dict[str, Any]) -> set[str]:
     return ids | ({str(message["duplicate_of"])} if message.get("duplicate_of") else set())
 
 
+def out_of_order(decisions: list[Output], positions: dict[Position, dict[str, Any]]) -> int:
+    """First decisions that came out after a decision of a later post (by order key): posts decided
+    before an earlier post of another partition had been seen."""
+    seen: set[Position] = set()
+    latest: tuple[int, int] = (-1, -1)
+    late = 0
+    for record in decisions:
+        position = source_of(record)
+        if position in seen or position not in positions:
+            continue
+        seen.add(position)
+        key = (stamp(positions[position]), position[0] << 40 | position[1])
+        if key < latest:
+            late += 1
+        latest = max(latest, key)
+    return late
+
+
 def analyse(
     positions: dict[Position, dict[str, Any]],
     crash: dict[str, list[Output]],
@@ -430,6 +451,8 @@ def analyse(
         "ref_decisions": copies_summary(ref_decisions),
         "flags_vs_ref": compare(flags, ref_flags, partition_of),
         "decisions_vs_ref": compare(decisions, ref_decisions, partition_of),
+        "decided_out_of_order": out_of_order(crash["decisions"], positions),
+        "ref_decided_out_of_order": out_of_order(ref["decisions"], positions),
         "dead_letters": len(crash["dlq"]),
         "stages": dict(Counter(str(json.loads(c[0])["stage"]) for c in flags.values())),
     }
@@ -600,6 +623,8 @@ def verdicts(result: dict[str, Any]) -> dict[str, bool]:
         "flags equal to the uninterrupted run (all but stage)": c["flags_vs_ref"]["differ_elsewhere"] == 0
         and not c["flags_vs_ref"]["only_in_crash"]
         and not c["flags_vs_ref"]["only_in_ref"],
+        "decided in timestamp order across partitions (first copies)": c["decided_out_of_order"] == 0
+        and c["ref_decided_out_of_order"] == 0,
         "republished flags byte-identical": c["flags"]["copies_not_byte_identical"] == 0,
         "republished decisions byte-identical": c["decisions"]["copies_not_byte_identical"] == 0,
         "index held every committed document after each kill": bool(
@@ -643,6 +668,8 @@ def summary(result: dict[str, Any]) -> str:
         f"{c['decisions_vs_ref']['differ_elsewhere']} elsewhere "
         f"({c['decisions_vs_ref']['differ_elsewhere_by_a_match_from_another_partition']} of them by a match "
         "from another input partition)",
+        f"- order: {c['decided_out_of_order']} first decisions came out after a later post's "
+        f"(reference: {c['ref_decided_out_of_order']})",
         f"- index: recall@10 of its search vs brute force {c['index']['crash']['recall_at_10']:.4f} "
         f"(reference {c['index']['ref']['recall_at_10']:.4f}); "
         f"{c['index']['crash']['points']} points at the end, "

@@ -126,6 +126,7 @@ def build_consumer(settings: WorkerSettings) -> KafkaSource:
         kafka.input_topic,
         max_records=kafka.max_poll_records,
         poll_timeout_s=kafka.poll_timeout_ms / 1000,
+        order_wait_s=kafka.order_wait_ms / 1000,
         max_poll_interval_s=kafka.max_poll_interval_ms / 1000,
         request_timeout_s=kafka.request_timeout_ms / 1000,
     )

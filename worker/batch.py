@@ -23,9 +23,9 @@ Semantics worth knowing (the visibility rule itself is in ``worker/decide.py``):
   point before anything is sent. So a replayed flag is byte-identical to its first copy whatever the
   new batch boundaries, and even when records of other partitions read since would now match better.
   Index neighbours are rescored in float64 from their stored vectors, so scores do not depend on which
-  side of a batch boundary a match sat. ``stage`` ("batch" or "index") does depend on the boundaries:
-  two independent runs over one stream can differ there; with more than one partition they can also
-  differ in matches (see README, "Where the limits are").
+  side of a batch boundary a match sat. ``stage`` ("batch" or "index") does depend on the boundaries.
+  Across partitions, what a document can see depends on the source handing records out in order-key
+  order (``KafkaSource`` merges its partitions by timestamp; README, "Reruns agree").
 """
 
 from __future__ import annotations

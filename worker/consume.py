@@ -110,12 +110,14 @@ class KafkaSource:
     Batches are merged across partitions in order-key order ``(timestamp, partition, offset)``. Fetched
     records wait in per-partition buffers; a record is handed out only when no partition that has not
     been read to its end could still hold an earlier one (its buffer reaches past that timestamp), or
-    when ``poll_timeout_s`` is up. Otherwise a backlog, which Kafka hands out partition by partition,
-    would let a repost be decided before the original it repeats (in another partition, earlier by
-    timestamp) had been seen. Buffered records are never committed (only what a batch returned is) and
-    are fetched again after a rewind or a rebalance. Buffers grow at most by what arrives within one
-    ``poll_timeout_s``. (No ``pause()``: kafka-python 3.0.12 can strand a partially drained fetch of a
-    paused partition and never fetch that partition again; seen against Tansu.)
+    when it has waited ``order_wait_s``. Otherwise a backlog, which Kafka hands out partition by
+    partition, would let a repost be decided before the original it repeats (in another partition,
+    earlier by timestamp) had been seen, and two runs over the same records would disagree. A
+    partition's first fetch can take over a second after a join (seen on Tansu), so the wait is
+    separate from ``poll_timeout_s``; a live stream, where every partition is read to its end, never
+    waits. Buffered records are never committed (only what a batch returned is) and are fetched again
+    after a rewind or a rebalance. (No ``pause()``: kafka-python 3.0.12 can strand a partially drained
+    fetch of a paused partition and never fetch that partition again; seen against Tansu.)
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class KafkaSource:
         poll_timeout_s: float,
         max_poll_interval_s: float,
         request_timeout_s: float,
+        order_wait_s: float = 5.0,
         probe_every_s: float = 5.0,
     ) -> None:
         if consumer.config["enable_auto_commit"]:
@@ -135,6 +138,7 @@ class KafkaSource:
         self._max_records = max_records
         self._limit = max_records
         self._poll_timeout_s = poll_timeout_s
+        self._order_wait_s = order_wait_s
         self._max_poll_interval_s = max_poll_interval_s
         self._request_timeout_ms = int(request_timeout_s * 1000)
         self._probe_every_s = probe_every_s
@@ -143,6 +147,7 @@ class KafkaSource:
         self._last_contact = time.monotonic()
         self._next: dict[Partition, int] = {}  # per partition: the offset after the last record returned
         self._buffers: dict[Partition, collections.deque[Record]] = {}
+        self._blocked_since: dict[Partition, float] = {}  # behind, nothing buffered: holds the rest back
         self.joined = False  # the group has handed this member its partitions (none is an answer too)
         consumer.subscribe([topic], listener=_Listener(self))
 
@@ -156,10 +161,14 @@ class KafkaSource:
         if self._last_poll is not None and self._last_size:  # the gap was a batch's processing time
             self._adapt(now - self._last_poll)
         want = self._limit if max_records is None else max(1, min(self._limit, max_records))
-        deadline = now + self._poll_timeout_s
+        deadline, expired = now + self._poll_timeout_s, False
         while True:
             remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            bound = self._bound() if remaining_ms else math.inf  # time is up: take what is here, in order
+            bound = self._bound()
+            if bound < math.inf and (expired or self._overdue()):  # waited enough: take what is here
+                if not expired:
+                    self._log_unordered()
+                bound, expired = math.inf, True
             if remaining_ms == 0 or self._ready(bound, want) >= want:
                 break
             self._fetch(remaining_ms, want)
@@ -178,21 +187,37 @@ class KafkaSource:
         except KafkaError as error:
             raise BrokerUnavailableError(f"poll failed: {type(error).__name__}") from error
         for tp, batch in polled.items():
-            buffer = self._buffers.setdefault((tp.topic, tp.partition), collections.deque())
+            partition = (tp.topic, tp.partition)
+            buffer = self._buffers.setdefault(partition, collections.deque())
             buffer.extend(Record(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value) for m in batch)
             self._last_contact = time.monotonic()
+
+    def _overdue(self) -> bool:
+        """A partition has held the others back for ``order_wait_s`` without a record arriving."""
+        now = time.monotonic()
+        return any(now - since >= self._order_wait_s for since in self._blocked_since.values())
 
     def _bound(self) -> float:
         """Records up to this timestamp can be put in order: a partition not read to its end bounds it
         by the last timestamp buffered from it (nothing buffered from it: no record is safe yet)."""
-        bound = math.inf
+        bound, now, blocked = math.inf, time.monotonic(), set()
         for tp in self._consumer.assignment():
             highwater = self._consumer.highwater(tp)  # from the last fetch response: no request
             position = self._consumer.position(tp, timeout_ms=0)  # known after the first fetch: no request
             if highwater is None or position is None or highwater > position:
                 buffer = self._buffers.get((tp.topic, tp.partition))
-                bound = min(bound, buffer[-1].timestamp_ms if buffer else -math.inf)
+                if buffer:
+                    bound = min(bound, buffer[-1].timestamp_ms)
+                else:
+                    bound = -math.inf
+                    blocked.add((tp.topic, tp.partition))
+        self._blocked_since = {p: self._blocked_since.get(p, now) for p in blocked}
         return bound
+
+    def _log_unordered(self) -> None:
+        """The wait ran out: say which partitions had nothing to show, so an operator can look."""
+        blocked = sorted(f"{topic}/{partition}" for topic, partition in self._blocked_since)
+        log.warning("order_wait_expired", seconds=self._order_wait_s, partitions=blocked)
 
     def _ready(self, bound: float, want: int) -> int:
         """How many buffered records are at or below ``bound`` (counting stops at ``want``)."""

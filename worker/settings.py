@@ -76,6 +76,13 @@ class KafkaSettings(BaseModel):
     poll_timeout_ms: int = Field(
         default=500, ge=1, description="Longest wait to fill a batch before processing what has arrived."
     )
+    order_wait_ms: int = Field(
+        default=5_000,
+        ge=0,
+        description="Longest a fetched record waits for the other partitions to be read up to its "
+        "timestamp, so a backlog is decided in timestamp order across partitions and reruns agree; a "
+        "stream that is read to its end never waits. 0: decide records in the order they are fetched.",
+    )
     max_poll_interval_ms: int = Field(
         default=300_000,
         ge=1_000,

@@ -4,6 +4,7 @@ transactions are framed and bounded, refused commits and slow batches shrink the
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata
 
+from worker.batch import Record
 from worker.consume import KafkaSource, first_offsets, next_offsets
 from worker.errors import BrokerUnavailableError, FatalError, RebalancedError
 from worker.publish import KafkaPublisher, TransactionalPublisher
@@ -178,6 +180,8 @@ class FakeConsumer:
         if not self.fetches:
             return {}
         partition, count = self.fetches.pop(0)
+        if count > max_records:  # like kafka-python: the rest of the fetch comes with the next poll
+            self.fetches.insert(0, (partition, count - max_records))
         start = self.position_of[partition]
         stamps = self.logs[partition][start : start + min(count, max_records)]
         self.position_of[partition] += len(stamps)
@@ -217,7 +221,9 @@ class _Msg:
         self.key, self.value = b"k", b"{}"
 
 
-def source_over(consumer: FakeConsumer, interval_s: float = 1.0, max_records: int = 8) -> KafkaSource:
+def source_over(
+    consumer: FakeConsumer, interval_s: float = 1.0, max_records: int = 8, order_wait_s: float = 5.0
+) -> KafkaSource:
     return KafkaSource(
         consumer,  # type: ignore[arg-type]
         "documents",
@@ -225,6 +231,7 @@ def source_over(consumer: FakeConsumer, interval_s: float = 1.0, max_records: in
         poll_timeout_s=0.05,
         max_poll_interval_s=interval_s,
         request_timeout_s=1.0,
+        order_wait_s=order_wait_s,
     )
 
 
@@ -245,6 +252,39 @@ def test_a_backlog_is_merged_across_partitions_in_timestamp_order() -> None:
     second = source.poll()
     assert [r.timestamp_ms for r in second] == [50, 60, 70, 80]
     assert next_offsets(first) == {("documents", 0): 2, ("documents", 1): 2}  # buffered ones not committed
+
+
+def test_records_wait_past_the_poll_timeout_for_a_partition_not_yet_fetched() -> None:
+    # a partition's first fetch can come seconds after a join: its earlier posts must still go first
+    consumer = FakeConsumer({0: [20, 40], 1: [10, 30]}, [(0, 2)])
+    source = source_over(consumer, max_records=4)
+    assert source.poll() == []  # poll_timeout_s (0.05 s) is up, but partition 1 may hold earlier posts
+    assert source.poll() == []
+    consumer.fetches = [(1, 2)]
+    assert [(r.partition, r.timestamp_ms) for r in source.poll()] == [(1, 10), (0, 20), (1, 30), (0, 40)]
+
+
+def test_a_partition_that_shows_nothing_for_order_wait_no_longer_holds_the_others() -> None:
+    consumer = FakeConsumer({0: [20, 40], 1: [10, 30]}, [(0, 2)])
+    source = source_over(consumer, max_records=4, order_wait_s=0.3)
+    started = time.monotonic()
+    records: list[Record] = []
+    while not records and time.monotonic() - started < 5:
+        records = source.poll()
+    assert time.monotonic() - started >= 0.3
+    assert [(r.partition, r.timestamp_ms) for r in records] == [(0, 20), (0, 40)]
+
+
+def test_a_buffered_backlog_waiting_its_turn_is_not_a_stalled_partition() -> None:
+    # partition 0 arrives whole at once; partition 1 trickles in, a little per poll, slower than
+    # order_wait_s overall: every batch must still come out in timestamp order
+    consumer = FakeConsumer({0: [2, 4, 6, 8, 10, 12], 1: [1, 3, 5, 7, 9, 11]}, [(0, 6)] + [(1, 1)] * 6)
+    source = source_over(consumer, max_records=2, order_wait_s=0.1)
+    stamps: list[int] = []
+    for _ in range(6):
+        stamps += [r.timestamp_ms for r in source.poll()]
+        time.sleep(0.06)  # processing: the backlog of partition 0 waits longer than order_wait_s
+    assert stamps == list(range(1, 13))
 
 
 def test_refused_commit_is_a_rebalance_and_halves_the_batch() -> None:
