@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -200,8 +200,16 @@ def measure(
 
 
 def run(
-    sizes: list[int], n_queries: int, n_recall: int, root: Path, seed: int, kind: str
+    sizes: list[int],
+    n_queries: int,
+    n_recall: int,
+    root: Path,
+    seed: int,
+    kind: str,
+    on_step: Callable[[dict[str, object]], None] = lambda _: None,
 ) -> dict[str, object]:
+    """The ladder; ``on_step`` gets the results so far after each size (a long run that is stopped
+    keeps the steps it finished)."""
     rng = np.random.default_rng(seed)
     data = Data(kind, rng)
     probe = gil_probe(root, min(sizes[0], 20_000), rng)
@@ -275,7 +283,14 @@ def run(
         )
         rows.append(row)
         print_row(row, header=len(rows) == 1)
+        on_step(results(rows, kind, n_queries, n_recall, probe))
     index.close()
+    return results(rows, kind, n_queries, n_recall, probe)
+
+
+def results(
+    rows: list[Row], kind: str, n_queries: int, n_recall: int, probe: dict[str, float]
+) -> dict[str, object]:
     return {
         "machine": {
             "cpus": os.cpu_count(),
@@ -359,13 +374,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else [n for n in LADDER if n <= args.max_points] or [args.max_points]
     root = Path(tempfile.mkdtemp(prefix="twinflag-bench-", dir=args.dir))
+
+    def write(result: dict[str, object]) -> None:
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+
     try:
-        result = run(sizes, args.queries, args.recall_queries, root, args.seed, args.data)
+        write(run(sizes, args.queries, args.recall_queries, root, args.seed, args.data, on_step=write))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.out}")
 
 
