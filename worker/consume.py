@@ -148,6 +148,7 @@ class KafkaSource:
         self._next: dict[Partition, int] = {}  # per partition: the offset after the last record returned
         self._buffers: dict[Partition, collections.deque[Record]] = {}
         self._blocked_since: dict[Partition, float] = {}  # behind, nothing buffered: holds the rest back
+        self._logged_stall: list[str] = []
         self.joined = False  # the group has handed this member its partitions (none is an answer too)
         consumer.subscribe([topic], listener=_Listener(self))
 
@@ -212,12 +213,17 @@ class KafkaSource:
                     bound = -math.inf
                     blocked.add((tp.topic, tp.partition))
         self._blocked_since = {p: self._blocked_since.get(p, now) for p in blocked}
+        if not blocked:
+            self._logged_stall = []
         return bound
 
     def _log_unordered(self) -> None:
-        """The wait ran out: say which partitions had nothing to show, so an operator can look."""
+        """The wait ran out: say which partitions had nothing to show, once per stall, so an operator
+        can look (a partition that stays silent would otherwise log at every poll)."""
         blocked = sorted(f"{topic}/{partition}" for topic, partition in self._blocked_since)
-        log.warning("order_wait_expired", seconds=self._order_wait_s, partitions=blocked)
+        if blocked != self._logged_stall:
+            log.warning("order_wait_expired", seconds=self._order_wait_s, partitions=blocked)
+        self._logged_stall = blocked
 
     def _ready(self, bound: float, want: int) -> int:
         """How many buffered records are at or below ``bound`` (counting stops at ``want``)."""

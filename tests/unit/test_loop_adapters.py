@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+import structlog
 from kafka import TopicPartition
 from kafka.errors import (
     CommitFailedError,
@@ -269,10 +270,14 @@ def test_a_partition_that_shows_nothing_for_order_wait_no_longer_holds_the_other
     source = source_over(consumer, max_records=4, order_wait_s=0.3)
     started = time.monotonic()
     records: list[Record] = []
-    while not records and time.monotonic() - started < 5:
-        records = source.poll()
-    assert time.monotonic() - started >= 0.3
-    assert [(r.partition, r.timestamp_ms) for r in records] == [(0, 20), (0, 40)]
+    with structlog.testing.capture_logs() as events:
+        while not records and time.monotonic() - started < 5:
+            records = source.poll()
+        assert time.monotonic() - started >= 0.3
+        assert [(r.partition, r.timestamp_ms) for r in records] == [(0, 20), (0, 40)]
+        source.poll(), source.poll()  # partition 1 stays silent: one warning for the whole stall
+    stalls = [e for e in events if e["event"] == "order_wait_expired"]
+    assert [e["partitions"] for e in stalls] == [["documents/1"]]
 
 
 def test_a_buffered_backlog_waiting_its_turn_is_not_a_stalled_partition() -> None:
