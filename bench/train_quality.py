@@ -159,6 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--loss-pairs", type=int, default=1000, help="pairs per evaluation set in the table")
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--skip-bilstm", action="store_true")
+    parser.add_argument(
+        "--losses-from",
+        type=Path,
+        help="reuse the loss table of an earlier report (JSON) instead of running it (add --losses)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/train_quality.json"))
     parser.add_argument("--markdown", type=Path, default=Path("bench/TRAINING.md"), help="the report page")
     args = parser.parse_args(argv)
@@ -213,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         small = {name: sample_pairs(pairs, args.loss_pairs, seed=7) for name, pairs in sets.items()}
         report["losses"] = loss_runs(args.data_dir, work, runs, steps, args.lr, small) if runs else []
         report["losses_baseline"] = ap_of(model_scorer(work / "zero-shot"), small) if runs else {}
+        if not runs and args.losses_from is not None:
+            earlier = json.loads(args.losses_from.read_text(encoding="utf-8"))
+            report["losses"], report["losses_baseline"] = earlier["losses"], earlier["losses_baseline"]
+            report["losses_from"] = {"command": earlier["command"], "machine": earlier["machine"]}
 
     command = "python -m bench.train_quality " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     report["command"] = command
@@ -223,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     return 0
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    return f"{info.get('date', '?')}, {info.get('cpu', '?')}, {info.get('cores', '?')} cores"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -248,7 +261,15 @@ def markdown(report: dict[str, Any]) -> str:
                   f"{speed['bilstm']:.0f} texts/s ({report['bilstm_speedup']:.1f}×)"]  # fmt: skip
     if report["losses"]:
         header = "| loss | settings | steps | " + " | ".join(names) + " | minutes |"
-        lines += ["", "## Losses tried (last weights, no selection)", "", header]
+        lines += ["", "## Losses tried (last weights, no selection)", ""]
+        if "losses_from" in report:
+            earlier = report["losses_from"]
+            lines += [
+                f"From an earlier run, `{earlier['command']}` ({machine_line(earlier['machine'])}), "
+                "reused with `--losses-from`.",
+                "",
+            ]
+        lines.append(header)
         lines.append("|---" * (len(names) + 4) + "|")
         base = report.get("losses_baseline") or {}
         if base:
