@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -296,6 +297,7 @@ def results(
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         },
         "qdrant_edge_py": version("qdrant-edge-py"),
         "data": kind,
@@ -375,7 +377,10 @@ def main(argv: list[str] | None = None) -> None:
     sizes = QUICK if args.quick else [n for n in LADDER if n <= args.max_points] or [args.max_points]
     root = Path(tempfile.mkdtemp(prefix="twinflag-bench-", dir=args.dir))
 
+    command = "python -m bench.index_scaling " + " ".join(argv if argv is not None else sys.argv[1:])
+
     def write(result: dict[str, object]) -> None:
+        result["command"] = command
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=2) + "\n")
