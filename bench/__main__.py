@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zero-shot", type=Path, help="zero-shot model directory (default models/zero-shot)")
     parser.add_argument("--report-only", action="store_true", help="re-render from OUT/results/*.json")
     args = parser.parse_args(argv)
-    top = ("python -m bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))).strip()
+    given = argv if argv is not None else sys.argv[1:]
+    top = ("python -m bench " + " ".join(shlex.quote(a) for a in given)).strip()
     if args.zero_shot:
         throughput.ZERO_SHOT = args.zero_shot.resolve()
     if not args.report_only:

@@ -195,11 +195,12 @@ def build_index(index: IndexSettings, stack: ExitStack) -> VectorIndex:
 def load_model(settings: WorkerSettings, model_dir: Path | None = None) -> tuple[Encoder, float]:
     """The encoder and the manifest's decision threshold. A missing, unsafe or unreadable model
     directory is a ``FatalError`` naming the path."""
-    from worker.embed import load_encoder
+    from worker.embed import limit_kernel_cache, load_encoder
     from worker.model import ModelFormatError, UnsafeModelError
 
     path = model_dir if model_dir is not None else settings.model.path
     model = settings.model
+    limit_kernel_cache(model.cpu_kernel_cache)
     try:
         encoder = load_encoder(path, model.device, model.max_batch_tokens, model.max_batch_size)
     except (ModelFormatError, UnsafeModelError, FileNotFoundError) as error:

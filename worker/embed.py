@@ -202,6 +202,18 @@ class TorchEncoder:
         )
 
 
+def limit_kernel_cache(capacity: int) -> None:
+    """Bound oneDNN's cache of compiled CPU kernels, which it keys by input shape.
+
+    oneDNN reads ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` when it builds its first kernel, so this must run
+    before the first forward pass of the process. Every batch shape a stream produces otherwise stays
+    cached, up to 1024 of them: resident memory that looks like a leak in a long-running worker.
+    """
+    import os
+
+    os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(capacity)
+
+
 def load_encoder(
     path: str | Path, device: str = "auto", max_batch_tokens: int = 16384, max_batch_size: int = 128
 ) -> TorchEncoder:

@@ -308,3 +308,19 @@ def test_minilm_embeddings_equal_sentence_transformers(minilm_zero_shot: tuple[P
     assert manifest["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert manifest["max_tokens"] == 256
     assert manifest["thresholds"]["calibrated_on"] is None
+
+
+def test_the_worker_bounds_the_cpu_kernel_cache_before_it_loads_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # oneDNN keeps one compiled kernel per batch shape, up to 1024 by default: embedding 27k posts in
+    # stream-sized batches grew the process by 800 MiB. It reads the capacity once, at its first
+    # kernel, so the worker must set it before the model's first forward pass.
+    from worker.__main__ import load_model
+    from worker.settings import ModelSettings, WorkerSettings
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    path = tiny_bilstm_dir(tmp_path / "m")[0]
+    encoder, _ = load_model(WorkerSettings(model=ModelSettings(path=path, cpu_kernel_cache=7)))
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "7"
+    assert encoder.embed(["still embeds"]).shape == (1, encoder.dim)
