@@ -115,7 +115,8 @@ class KafkaSource:
     earlier by timestamp) had been seen, and two runs over the same records would disagree. A
     partition's first fetch can take over a second after a join (seen on Tansu), so the wait is
     separate from ``poll_timeout_s``; a live stream, where every partition is read to its end, never
-    waits. Buffered records are never committed (only what a batch returned is) and are fetched again
+    waits. While one partition stalls, buffers grow by what the others deliver in ``order_wait_s`` at
+    most. Buffered records are never committed (only what a batch returned is) and are fetched again
     after a rewind or a rebalance. (No ``pause()``: kafka-python 3.0.12 can strand a partially drained
     fetch of a paused partition and never fetch that partition again; seen against Tansu.)
     """
