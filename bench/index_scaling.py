@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import shutil
 import sys
 import tempfile
@@ -87,19 +88,55 @@ class Data:
 
     ``lowrank``: a 32-dim latent through a fixed random 32×384 map, plus noise of a tenth of its
     norm. Closer to real sentence embeddings, whose neighbourhoods are what HNSW walks along.
+
+    ``text``: real sentence embeddings (``text_embeddings``); embedding is what limits its size here.
     """
 
-    def __init__(self, kind: str, rng: np.random.Generator) -> None:
+    def __init__(self, kind: str, rng: np.random.Generator, pool: np.ndarray | None = None) -> None:
         self.kind = kind
         self.rng = rng
         self.mix = (rng.standard_normal((32, DIM)) / np.sqrt(32)).astype(np.float32)
+        self.pool, self.taken = pool, 0
 
     def rows(self, n: int) -> np.ndarray:
+        if self.pool is not None:  # ``text``: the next unused embeddings of real texts, never reused
+            if self.taken + n > len(self.pool):
+                raise ValueError(f"{len(self.pool)} text embeddings are too few for this ladder")
+            self.taken += n
+            return self.pool[self.taken - n : self.taken]
         if self.kind == "random":
             return unit_rows(self.rng, n)
         v = self.rng.standard_normal((n, 32)).astype(np.float32) @ self.mix
         v += 0.1 * np.sqrt(DIM) * unit_rows(self.rng, n)
         return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def text_embeddings(n: int, seed: int) -> np.ndarray:
+    """``text``: embeddings of ``n`` distinct real texts, by models/default (or zero-shot): every text of
+    the pair files under ../shared/data, shuffled, topped up with generated posts (``demo.posts``)."""
+    from bench.throughput import default_model
+    from demo.posts import generate
+    from trainer.data import read_pairs
+    from worker.embed import TorchEncoder
+
+    root = Path(__file__).resolve().parent.parent
+    texts: dict[str, None] = {}
+    data = root.parent / "shared" / "data"
+    for path in sorted(data.rglob("*.tsv")) if data.is_dir() else []:
+        for pair in read_pairs(path)[0]:
+            texts[pair.text_a] = None
+            texts[pair.text_b] = None
+    pool = list(texts)
+    random.Random(seed).shuffle(pool)
+    if len(pool) < n:
+        pool += [str(post["text"]) for post in generate(n - len(pool), seed).posts]
+    encoder = TorchEncoder(default_model(), device="auto")
+    if encoder.dim != DIM:
+        raise ValueError(f"{default_model()} embeds to {encoder.dim} dimensions, the ladder uses {DIM}")
+    started = time.perf_counter()
+    vectors = np.concatenate([encoder.embed(pool[i : min(n, i + 4096)]) for i in range(0, n, 4096)])
+    print(f"embedded {n:,} texts in {time.perf_counter() - started:.0f} s", flush=True)
+    return vectors.astype(np.float32)
 
 
 def order(i: int) -> tuple[int, int]:
@@ -212,7 +249,8 @@ def run(
     """The ladder; ``on_step`` gets the results so far after each size (a long run that is stopped
     keeps the steps it finished)."""
     rng = np.random.default_rng(seed)
-    data = Data(kind, rng)
+    pool = text_embeddings(sizes[-1] + n_queries * len(sizes), seed) if kind == "text" else None
+    data = Data(kind, rng, pool)
     probe = gil_probe(root, min(sizes[0], 20_000), rng)
     print(
         f"GIL probe: optimise of {probe['points']:,} points in a thread took {probe['optimize_s']:.1f} s;"
@@ -371,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
         "--dir", type=Path, default=None, help="where to build the index (default: a temp dir)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data", choices=["random", "lowrank"], default="random", help="see Data")
+    parser.add_argument("--data", choices=["random", "lowrank", "text"], default="random", help="see Data")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else [n for n in LADDER if n <= args.max_points] or [args.max_points]
