@@ -4,8 +4,7 @@ The delivery guarantees do not depend on what the model knows, only on the loop 
 two-layer BERT of width 32 keeps a 10,000-post run to minutes on a shared 2-core CPU. Its WordPiece
 vocabulary is learnt from the stream itself, so posts get distinct vectors; its decision threshold is
 set from the stream too (``flag_share``), so a run flags a realistic share of posts at both stages.
-Built the way ``tests/unit/test_model.py`` builds its tiny transformer; copied rather than imported
-because bench code does not import the tests.
+``tests/unit/test_model.py`` builds its tiny transformer with ``write_tiny_bert`` too.
 """
 
 from __future__ import annotations
@@ -14,37 +13,49 @@ import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 MAX_TOKENS = 64
 
 
-def _sentence_transformer(path: Path, texts: Sequence[str], seed: int) -> Path:
-    """A randomly initialised tiny BERT laid out like a sentence-transformers directory."""
+def write_tiny_bert(
+    path: Path, tokenizer: Tokenizer, *, hidden_size: int, max_tokens: int, seed: int
+) -> Path:
+    """A randomly initialised two-layer BERT laid out like a sentence-transformers directory (``path``
+    must not exist). The unit tests build their tiny transformer with it too."""
     import torch
     from safetensors.torch import save_file
     from transformers import BertConfig, BertModel
 
-    from trainer.vocab import train_wordpiece
-
     torch.manual_seed(seed)
-    tokenizer = train_wordpiece(texts, vocab_size=2000, min_frequency=2)
     config = BertConfig(
         vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=32,
+        hidden_size=hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=2 * MAX_TOKENS,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=2 * max_tokens,
     )
     path.mkdir(parents=True)
     bert = BertModel(config, add_pooling_layer=False)
     save_file({k: v.contiguous() for k, v in bert.state_dict().items()}, str(path / "model.safetensors"))
     config.to_json_file(str(path / "config.json"))
     tokenizer.save(str(path / "tokenizer.json"))
-    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": MAX_TOKENS}))
+    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_tokens}))
     return path
+
+
+def _sentence_transformer(path: Path, texts: Sequence[str], seed: int) -> Path:
+    """A tiny BERT of width 32 with a WordPiece vocabulary learnt from ``texts``."""
+    from trainer.vocab import train_wordpiece
+
+    tokenizer = train_wordpiece(texts, vocab_size=2000, min_frequency=2)
+    return write_tiny_bert(path, tokenizer, hidden_size=32, max_tokens=MAX_TOKENS, seed=seed)
 
 
 def calibrated_threshold(vectors: np.ndarray, flag_share: float) -> float:

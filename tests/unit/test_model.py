@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
+from bench.tiny import write_tiny_bert
 from trainer.vocab import train_wordpiece
 from worker.embed import TorchEncoder, load_encoder, token_batches
 from worker.model import (
@@ -66,25 +67,7 @@ def tiny_bilstm_dir(path: Path, seed: int = 0) -> tuple[Path, BiLSTMEncoder, Tok
 
 def tiny_sentence_transformer(path: Path, seed: int = 0) -> Path:
     """A randomly initialised tiny BERT laid out like a sentence-transformers directory."""
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    tokenizer = tiny_tokenizer()
-    config = BertConfig(
-        vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-    )
-    path.mkdir(parents=True)
-    bert = BertModel(config, add_pooling_layer=False)
-    save_file({k: v.contiguous() for k, v in bert.state_dict().items()}, str(path / "model.safetensors"))
-    config.to_json_file(str(path / "config.json"))
-    tokenizer.save(str(path / "tokenizer.json"))
-    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 32}))
-    return path
+    return write_tiny_bert(path, tiny_tokenizer(), hidden_size=16, max_tokens=32, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------
