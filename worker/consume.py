@@ -189,8 +189,7 @@ class KafkaSource:
         except KafkaError as error:
             raise BrokerUnavailableError(f"poll failed: {type(error).__name__}") from error
         for tp, batch in polled.items():
-            partition = (tp.topic, tp.partition)
-            buffer = self._buffers.setdefault(partition, collections.deque())
+            buffer = self._buffers.setdefault((tp.topic, tp.partition), collections.deque())
             buffer.extend(Record(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value) for m in batch)
             self._last_contact = time.monotonic()
 
