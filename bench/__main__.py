@@ -114,9 +114,6 @@ RUNNERS: dict[str, Callable[[bool, Path, Path, dict[str, Any]], dict[str, Any]]]
 }
 
 
-DATA = ROOT / ".." / "shared" / "data"
-
-
 def ensure_zero_shot(path: Path, data_dir: Path) -> None:
     """The zero-shot model every section compares against, exported here on a fresh checkout (models/
     is not tracked): all-MiniLM-L6-v2 from its PyPI package, its threshold calibrated on the dev set
@@ -145,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.zero_shot:
         throughput.ZERO_SHOT = args.zero_shot.resolve()
     if not args.report_only:
-        ensure_zero_shot(throughput.ZERO_SHOT, DATA)
+        ensure_zero_shot(throughput.ZERO_SHOT, pair_quality.DATA)
     results_dir = args.out / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     done: dict[str, Any] = {}

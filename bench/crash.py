@@ -166,6 +166,11 @@ def ready_after(log_path: Path, started_wall: float) -> float | None:
     return None
 
 
+def order_of(position: Position, post: dict[str, Any]) -> tuple[int, int]:
+    """The worker's order key of a post (``worker.batch.order_key``): timestamp, then partition/offset."""
+    return (stamp(post), position[0] << 40 | position[1])
+
+
 def index_check(
     index: Path, dim: int, version: str, keys: Sequence[tuple[str, str]], copy_to: Path | None
 ) -> tuple[int, dict[tuple[str, str], str | None]]:
@@ -210,8 +215,8 @@ def index_recall(
     from worker.search import EdgeIndex, Query
 
     order = {
-        (str(post["tenant"]), str(post["id"])): (stamp(post), p << 40 | o)
-        for (p, o), post in positions.items()
+        (str(post["tenant"]), str(post["id"])): order_of(position, post)
+        for position, post in positions.items()
     }
     keys = sorted(order)
     edge = EdgeIndex(index)
@@ -421,7 +426,7 @@ def out_of_order(decisions: list[Output], positions: dict[Position, dict[str, An
         if position in seen or position not in positions:
             continue
         seen.add(position)
-        key = (stamp(positions[position]), position[0] << 40 | position[1])
+        key = order_of(position, positions[position])
         if key < latest:
             late += 1
         latest = max(latest, key)

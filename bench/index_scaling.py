@@ -114,15 +114,15 @@ class Data:
 def text_embeddings(n: int, seed: int) -> np.ndarray:
     """``text``: embeddings of ``n`` distinct real texts, by models/default (or zero-shot): every text of
     the pair files under ../shared/data, shuffled, topped up with generated posts (``demo.posts``)."""
+    from bench.pair_quality import DATA
     from bench.throughput import default_model
     from demo.posts import generate
+    from trainer.__main__ import pair_files
     from trainer.data import read_pairs
     from worker.embed import TorchEncoder
 
-    root = Path(__file__).resolve().parent.parent
     texts: dict[str, None] = {}
-    data = root.parent / "shared" / "data"
-    for path in sorted(data.rglob("*.tsv")) if data.is_dir() else []:
+    for path in pair_files(DATA) if DATA.is_dir() else []:
         for pair in read_pairs(path)[0]:
             texts[pair.text_a] = None
             texts[pair.text_b] = None

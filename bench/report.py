@@ -102,6 +102,13 @@ def plot_index(ix: dict[str, Any], out: Path, long_run: dict[str, Any] | None = 
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     structured = long_run or ix.get("lowrank")
+    series = [  # (axes, field, marker, colour, what): the same five lines for each kind of data
+        (a, "upsert_per_s", "o", "C0", "upsert/s"),
+        (a, "after_qps", "s", "C1", "queries/s after opt."),
+        (b, "after_recall", "o", "C0", "recall@10 ef 128"),
+        (b, "after_recall_ef512", "s", "C1", "recall@10 ef 512"),
+        (b, "after_dup_at_1", "^", "C2", "noisy copy first"),
+    ]
     for rows, style, label in (
         (ix["rows"], "-", "random"),
         (structured["rows"] if structured else [], "--", "lowrank"),
@@ -109,35 +116,8 @@ def plot_index(ix: dict[str, Any], out: Path, long_run: dict[str, Any] | None = 
         if not rows:
             continue
         pts = [r["points"] for r in rows]
-        a.plot(pts, [r["upsert_per_s"] for r in rows], "o" + style, color="C0", label=f"upsert/s ({label})")
-        a.plot(
-            pts,
-            [r["after_qps"] for r in rows],
-            "s" + style,
-            color="C1",
-            label=f"queries/s after opt. ({label})",
-        )
-        b.plot(
-            pts,
-            [r["after_recall"] for r in rows],
-            "o" + style,
-            color="C0",
-            label=f"recall@10 ef 128 ({label})",
-        )
-        b.plot(
-            pts,
-            [r["after_recall_ef512"] for r in rows],
-            "s" + style,
-            color="C1",
-            label=f"recall@10 ef 512 ({label})",
-        )
-        b.plot(
-            pts,
-            [r["after_dup_at_1"] for r in rows],
-            "^" + style,
-            color="C2",
-            label=f"noisy copy first ({label})",
-        )
+        for axes, field, marker, colour, what in series:
+            axes.plot(pts, [r[field] for r in rows], marker + style, color=colour, label=f"{what} ({label})")
     a.set(xscale="log", yscale="log", xlabel="points", title="Qdrant Edge rates")
     a.legend(fontsize=7)
     a.grid(alpha=0.3)

@@ -26,10 +26,15 @@ PAIR_SUFFIXES = (".tsv", ".csv", ".jsonl")
 # The default model recipe
 
 
+def pair_files(data_dir: Path) -> list[Path]:
+    """Every pair file (TSV, CSV, JSONL) under ``data_dir``, sorted."""
+    return sorted(p for p in data_dir.rglob("*") if p.is_file() and p.suffix.lower() in PAIR_SUFFIXES)
+
+
 def find_pair_files(data_dir: Path) -> tuple[list[Path], Path | None]:
     """(training files, dev file) under ``data_dir``: files named ``dev.*`` are dev sets, never trained on;
     ``qqp/dev.tsv`` is preferred as the dev set, else the first dev file found."""
-    files = sorted(p for p in data_dir.rglob("*") if p.is_file() and p.suffix.lower() in PAIR_SUFFIXES)
+    files = pair_files(data_dir)
     devs = [p for p in files if p.stem.lower() == "dev"]
     preferred = [p for p in devs if p.parent.name == "qqp"]
     dev = (preferred or devs)[0] if devs else None
