@@ -206,6 +206,28 @@ def split_holdout(pairs: Sequence[Pair], fraction: float) -> tuple[list[Pair], l
     return kept, held
 
 
+def split_dev(pairs: Sequence[Pair], train_fraction: float) -> tuple[list[Pair], list[Pair]]:
+    """(trained on, kept as dev): the top ``train_fraction`` of hash buckets trains, by ``text_a``.
+
+    The dev part is the low buckets, so it holds ``split_holdout(pairs, 1 - train_fraction)[1]``
+    exactly: a benchmark finds the pairs a model never trained on without reading its settings.
+    """
+    if train_fraction <= 0:
+        return [], list(pairs)
+    kept_as_dev = 1.0 - train_fraction
+    trained = [p for p in pairs if not is_held_out(p, kept_as_dev)]
+    dev = [p for p in pairs if is_held_out(p, kept_as_dev)]
+    return trained, dev
+
+
+def labelled_pools(pairs: Sequence[Pair], sources: Sequence[int]) -> list[list[Pair]]:
+    """Each source's labelled pairs, for the pair ranking term: only sources with both labels."""
+    by_source: dict[int, list[Pair]] = {}
+    for pair, source in zip(pairs, sources, strict=True):
+        by_source.setdefault(source, []).append(pair)
+    return [pool for _, pool in sorted(by_source.items()) if {p.label for p in pool} == {0, 1}]
+
+
 def sample_pairs(pairs: Sequence[Pair], limit: int | None, seed: int = 0) -> list[Pair]:
     """At most ``limit`` pairs, a fixed random subset in original order (evaluation on a budget)."""
     if limit is None or len(pairs) <= limit:

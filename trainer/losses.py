@@ -9,6 +9,9 @@ Every triplet-style loss here takes the same four things, so they can be swapped
   It comes from ``negative_mask(anchor_clusters, candidate_clusters)``: texts of one duplicate
   cluster (A~B, B~C) are never negatives of each other, which also drops row i's own positive.
 
+``pair_ranking_loss`` is the exception: it takes the cosines of labelled pairs and their labels, and is
+added to the batch loss rather than chosen instead of it.
+
 Anchors without any negative in the mask contribute nothing (they are not averaged in). Similarities
 are cosines (dot products of unit vectors); the Euclidean loss works on squared distances, which for
 unit vectors are ``2 − 2·cos``.
@@ -138,6 +141,22 @@ def contrastive_batch_loss(
     right = torch.cat([positive, negatives[hardest]])
     labels = torch.cat([torch.ones(len(anchor)), torch.zeros(int(valid.sum()))]).to(anchor.device)
     return contrastive_loss(left, right, labels, margin)
+
+
+def pair_ranking_loss(scores: torch.Tensor, labels: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
+    """CoSENT (Su, 2022): ``log(1 + Σ exp(scale·(s_neg − s_pos)))`` over every (duplicate,
+    non-duplicate) pair of pairs in the batch.
+
+    ``scores`` (N,) are the cosines of N labelled pairs, ``labels`` (N,) 1 for duplicate, 0 for not.
+    Each term asks one labelled duplicate to outscore one labelled non-duplicate, whichever texts
+    they hold, so it learns from non-duplicate pairs that have no duplicate of their own (most of a
+    labelled set such as Quora's) and optimises the one ranking that average precision measures.
+    A batch with only one kind of pair gives 0 (still differentiable).
+    """
+    positive = labels.bool()
+    diff = scores[~positive].unsqueeze(0) - scores[positive].unsqueeze(1)
+    terms = torch.cat([diff.flatten() * scale, scores.new_zeros(1)])
+    return torch.logsumexp(terms, 0)
 
 
 BatchLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]

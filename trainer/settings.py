@@ -67,6 +67,15 @@ class TrainSettings(BaseSettings):
     batch_by_source: bool = Field(
         default=True, description="Fill each batch from one training file: in-batch negatives of its kind."
     )
+    pair_loss_weight: float | None = Field(
+        default=None,
+        ge=0,
+        description="Weight of the labelled-pair ranking term (CoSENT) added to each step, which learns from "
+        "non-duplicate pairs whose texts have no duplicate in the data; 0: off; unset: 1 (transformer), "
+        "0 (bilstm, where it lowered AP: bench/TRAINING.md).",
+    )
+    pair_batch_size: int = Field(default=32, ge=2, description="Labelled pairs per step for that term.")
+    pair_scale: float = Field(default=20.0, gt=0, description="Scale of the pair ranking term.")
     augment: float = Field(default=0.1, ge=0, le=1, description="Rows that get a spam-edited extra positive.")
     mine: bool = Field(default=True, description="Mine hard negatives with the current model each epoch.")
     mine_pool: int = Field(default=6000, ge=0, description="Texts embedded for mining per epoch.")
@@ -100,6 +109,13 @@ class TrainSettings(BaseSettings):
         description="A further fraction of each training file kept out of training for model selection "
         "(with the dev set: the best mean average precision wins).",
     )
+    dev_train_split: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="A fraction of the dev file (by text_a hash) trained on as labelled pairs; the rest "
+        "stays the dev set for selection and the threshold.",
+    )
     dev_max_pairs: int | None = Field(default=2000, ge=10, description="Dev pairs for per-epoch selection.")
     calibrate_max_pairs: int | None = Field(
         default=None, ge=10, description="Dev pairs for the final threshold and metrics (unset: all)."
@@ -119,6 +135,12 @@ class TrainSettings(BaseSettings):
         if self.lr is not None:
             return self.lr
         return 2e-5 if self.arch == "transformer" else 2e-3
+
+    @property
+    def effective_pair_loss_weight(self) -> float:
+        if self.pair_loss_weight is not None:
+            return self.pair_loss_weight
+        return 1.0 if self.arch == "transformer" else 0.0
 
     @property
     def effective_run_dir(self) -> Path:

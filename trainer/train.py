@@ -1,11 +1,13 @@
 """Pairs → a trained twin encoder → a model directory. Reads top to bottom: ``train`` is the whole story.
 
-1. Load the pair files (bad rows counted), hold out a fixed fraction, build duplicate clusters.
+1. Load the pair files (bad rows counted), hold out a fixed fraction, add the trained part of the dev
+   file (``dev_train_split``), build duplicate clusters.
 2. Build the encoder: the transformer from a sentence-transformers (or model) directory, or the
    bilstm from scratch with a WordPiece vocabulary learnt from the training texts.
 3. Score the starting point on the dev sample: fine-tuning must beat it to be kept.
 4. Each epoch: mine hard negatives with the current model, lay out batches (in-batch negatives +
-   hard negatives + optional spam-edited positives), step with AdamW under the LR schedule, evaluate
+   hard negatives + optional spam-edited positives; with ``pair_loss_weight``, also labelled pairs of
+   one file for the pair ranking term), step with AdamW under the LR schedule, evaluate
    on the dev sample (also every ``eval_every`` steps), keep the best weights, checkpoint.
 5. Restore the best weights, calibrate the threshold on the dev set, write the model directory.
 
@@ -17,6 +19,7 @@ time budget is reproducible.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -43,14 +46,16 @@ from trainer.data import (
     TrainingSet,
     build_training_set,
     group_by_source,
+    labelled_pools,
     make_batches,
     read_pairs,
     sample_pairs,
+    split_dev,
     split_holdout,
     split_selection,
 )
 from trainer.evaluate import Metrics, choose_threshold, evaluate_scores, score_pairs
-from trainer.losses import DEFAULT_MARGINS, LOSSES, negative_mask
+from trainer.losses import DEFAULT_MARGINS, LOSSES, negative_mask, pair_ranking_loss
 from trainer.mine import mine_hard_negatives
 from trainer.settings import TrainSettings
 from trainer.vocab import train_wordpiece
@@ -435,20 +440,30 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
     if not settings.train:
         raise ValueError("no training files given")
     pairs, reports, sources, selection = load_training_pairs(settings)
+    dev_pairs: list[Pair] = []
+    dev_report: FileReport | None = None
+    if settings.dev is not None:
+        dev_pairs, dev_report = read_pairs(settings.dev)
+        if settings.dev_train_split > 0:
+            trained, dev_pairs = split_dev(dev_pairs, settings.dev_train_split)
+            pairs += trained
+            sources += [len(reports)] * len(trained)
+            reports.append(dataclasses.replace(dev_report, used=len(trained)))
+            dev_report.used = len(dev_pairs)
+            log.info("dev pairs trained on", file=dev_report.name, trained=len(trained), kept=len(dev_pairs))
     data = build_training_set(pairs, sources)
     if not data.examples:
         raise ValueError("the training files hold no duplicate pairs")
+    pair_weight = settings.effective_pair_loss_weight
+    pools = labelled_pools(pairs, sources) if pair_weight > 0 else []
     log.info(
         "training set",
         distinct_posts=len(data.texts),
         examples=len(data.examples),
         clusters_with_hard_negatives=len(data.hard_negatives),
         conflicts=data.conflicts,
+        labelled_pools=[len(pool) for pool in pools],
     )
-    dev_pairs: list[Pair] = []
-    dev_report: FileReport | None = None
-    if settings.dev is not None:
-        dev_pairs, dev_report = read_pairs(settings.dev)
     # model selection: the dev set and each training file's selection slice, best mean AP wins
     select_sets = {Path(dev_report.name).name: dev_pairs} if dev_report is not None and dev_pairs else {}
     select_sets.update(selection)
@@ -572,6 +587,9 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
                 break
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(fraction, settings.effective_lr, settings.warmup)
+            pair_seed = f"{settings.seed}:{state.epoch}:{index}"
+            pair_batch = pair_batch_for(pools, settings.pair_batch_size, pair_seed)
+            pair_term = PairTerm(pair_batch, pair_weight, settings.pair_scale) if pair_batch else None
             tick = time.monotonic()
             loss = train_step(
                 module,
@@ -584,6 +602,7 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
                 scaler,
                 device,
                 autocast_dtype,
+                pair_term,
             )
             state.step += 1
             state.batch_in_epoch = index + 1
@@ -649,6 +668,10 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
             "hard_negatives": settings.hard_negatives,
             "mine": settings.mine,
             "augment": settings.augment,
+            "pair_loss_weight": pair_weight,
+            "pair_batch_size": settings.pair_batch_size,
+            "pair_scale": settings.pair_scale,
+            "dev_train_split": settings.dev_train_split,
             "epochs": settings.epochs,
             "steps": state.step,
             "examples_seen": state.examples_seen,
@@ -810,6 +833,26 @@ def forward_by_length(
     return torch.cat(pieces)[inverse.to(device)]
 
 
+@dataclass(frozen=True)
+class PairTerm:
+    """Labelled pairs of one step for the pair ranking term, its weight and scale."""
+
+    pairs: Sequence[Pair]
+    weight: float
+    scale: float
+
+
+def pair_batch_for(pools: Sequence[Sequence[Pair]], size: int, seed: str) -> list[Pair]:
+    """``size`` labelled pairs from one pool, the pool chosen uniformly: a small labelled file (the
+    trained part of the dev set) weighs as much as a large one (odds ∝ √size did worse on every
+    evaluation set: bench/TRAINING.md). Fixed by ``seed``, so a resumed run replays it."""
+    if not pools:
+        return []
+    rng = random.Random(f"{seed}:pairs")  # noqa: S311 - sampling, not secrets
+    pool = pools[rng.randrange(len(pools))]
+    return rng.sample(list(pool), min(size, len(pool)))
+
+
 def train_step(
     module: nn.Module,
     tokenizer: Tokenizer,
@@ -821,17 +864,26 @@ def train_step(
     scaler: torch.amp.GradScaler,
     device: str,
     autocast_dtype: torch.dtype | None,
+    pair_term: PairTerm | None = None,
 ) -> float:
-    """One optimisation step on one batch; returns the loss."""
-    ids = [e.ids for e in tokenizer.encode_batch(batch.anchors + batch.candidates)]
+    """One optimisation step on one batch (and, with ``pair_term``, its labelled pairs); returns the loss."""
+    texts = batch.anchors + batch.candidates
+    if pair_term is not None:
+        texts += [p.text_a for p in pair_term.pairs] + [p.text_b for p in pair_term.pairs]
+    ids = [e.ids for e in tokenizer.encode_batch(texts)]
     vectors = forward_by_length(module, ids, pad_id, device, autocast_dtype)
     rows = len(batch.anchors)
-    anchor, candidates = vectors[:rows], vectors[rows:]
+    anchor, candidates = vectors[:rows], vectors[rows : len(batch.anchors) + len(batch.candidates)]
     mask_neg = negative_mask(
         torch.tensor(batch.anchor_clusters, device=device),
         torch.tensor(batch.candidate_clusters, device=device),
     )
     loss = loss_fn(anchor, candidates[:rows], candidates, mask_neg, margin)
+    if pair_term is not None:
+        n = len(pair_term.pairs)
+        left, right = vectors[-2 * n : -n], vectors[-n:]
+        labels = torch.tensor([p.label for p in pair_term.pairs], device=device)
+        loss = loss + pair_term.weight * pair_ranking_loss((left * right).sum(-1), labels, pair_term.scale)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)

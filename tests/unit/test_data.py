@@ -14,10 +14,12 @@ from trainer.data import (
     build_training_set,
     clusters_of,
     group_by_source,
+    labelled_pools,
     load_pairs,
     make_batches,
     read_pairs,
     read_rows,
+    split_dev,
     split_holdout,
     split_selection,
 )
@@ -191,3 +193,20 @@ def test_the_selection_slice_is_disjoint_from_training_and_the_hold_out() -> Non
     assert texts[1].isdisjoint(texts[2])
     assert len(trained) + len(chosen) + len(held) == len(pairs)
     assert split_selection(kept, 0.1, 0.05) == (trained, chosen)  # the same slice on every run
+
+
+def test_the_trained_part_of_the_dev_set_never_meets_the_part_kept_for_dev() -> None:
+    pairs = [Pair(f"question {i // 2}", f"question {i} reworded", i % 2) for i in range(4000)]
+    trained, dev = split_dev(pairs, 0.5)
+    assert 0.45 < len(trained) / len(pairs) < 0.55
+    assert len(trained) + len(dev) == len(pairs)
+    assert {p.text_a for p in trained}.isdisjoint({p.text_a for p in dev})  # an anchor's pairs stay together
+    # a benchmark finds the untouched part with the hold-out rule alone
+    assert dev == split_holdout(pairs, 0.5)[1]
+    assert split_dev(pairs, 0.0) == ([], pairs)
+
+
+def test_only_sources_with_both_labels_make_a_pool_for_the_pair_term() -> None:
+    pairs = [Pair("a", "b", 1), Pair("c", "d", 0), Pair("e", "f", 1), Pair("g", "h", 1), Pair("i", "j", 0)]
+    sources = [0, 0, 1, 2, 2]
+    assert labelled_pools(pairs, sources) == [[pairs[0], pairs[1]], [pairs[3], pairs[4]]]

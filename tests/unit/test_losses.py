@@ -26,6 +26,7 @@ from trainer.losses import (
     euclidean_triplet_loss,
     multiple_negatives_ranking_loss,
     negative_mask,
+    pair_ranking_loss,
 )
 
 A = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -125,3 +126,25 @@ def test_a_perfectly_separated_batch_costs_nothing_for_margin_losses() -> None:
     assert cosine_triplet_loss(anchor, positive, negative, mask, 0.25).item() == 0.0
     assert batch_hard_triplet_loss(anchor, positive, negative, mask, 0.25).item() == 0.0
     assert euclidean_triplet_loss(anchor, positive, negative, mask, 0.2).item() == 0.0
+
+
+def test_pair_ranking_loss_by_hand() -> None:
+    # One duplicate at 0.8, non-duplicates at 0.6 and 0.7: log(1 + e^(s·(0.6−0.8)) + e^(s·(0.7−0.8))).
+    scores = torch.tensor([0.8, 0.6, 0.7])
+    labels = torch.tensor([1, 0, 0])
+    expected = math.log(1 + math.exp(-0.2) + math.exp(-0.1))
+    assert pair_ranking_loss(scores, labels, 1.0).item() == pytest.approx(expected, abs=1e-6)
+    # a non-duplicate that outscores the duplicate costs more than one ranked below it
+    swapped = torch.tensor([0.6, 0.8, 0.7])
+    assert pair_ranking_loss(swapped, labels, 20.0) > pair_ranking_loss(scores, labels, 20.0)
+    # ranked right by a wide margin at scale 20: next to nothing
+    assert pair_ranking_loss(torch.tensor([0.9, 0.1]), torch.tensor([1, 0]), 20.0).item() < 1e-6
+
+
+def test_pair_ranking_loss_without_both_kinds_is_zero_and_differentiable() -> None:
+    scores = torch.tensor([0.3, 0.9], requires_grad=True)
+    loss = pair_ranking_loss(scores, torch.tensor([1, 1]), 20.0)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert scores.grad is not None
+    assert torch.equal(scores.grad, torch.zeros(2))

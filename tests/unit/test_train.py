@@ -19,8 +19,9 @@ import trainer.train as train_module
 from tests.unit.test_model import tiny_sentence_transformer
 from trainer.__main__ import find_pair_files, main
 from trainer.augment import EDITS, drop_word, spam_edit
+from trainer.data import Pair
 from trainer.settings import TrainSettings
-from trainer.train import epoch_examples, forward_by_length, lr_at, snapshot, train
+from trainer.train import epoch_examples, forward_by_length, lr_at, pair_batch_for, snapshot, train
 from worker.embed import TorchEncoder, embed_texts
 
 TOPICS = ["python", "pizza", "the moon", "taxes", "chess", "guitar", "running", "coffee", "a visa", "cats"]
@@ -116,6 +117,38 @@ def test_model_selection_averages_the_dev_set_and_each_training_files_slice(
     assert result.manifest.training["best_step"] == next(
         h["step"] for h in result.history if h["selection_score"] == best
     )
+
+
+def test_labelled_pairs_and_the_trained_part_of_dev_reach_training(
+    tmp_path: Path, pair_files: tuple[Path, Path]
+) -> None:
+    plain_settings = settings_for(tmp_path / "plain", pair_files, dev_train_split=0.5, pair_loss_weight=0.0)
+    plain = train(plain_settings, progress=False)
+    with_pairs = settings_for(tmp_path / "pairs", pair_files, dev_train_split=0.5, pair_loss_weight=1.0)
+    result = train(with_pairs, progress=False)
+    manifest = result.manifest
+    assert manifest.version != plain.manifest.version  # the pair term moved the weights
+    assert manifest.dev_data is not None
+    trained_dev = manifest.training_data[-1]
+    assert trained_dev.name == str(pair_files[1])
+    assert trained_dev.used_rows
+    assert manifest.dev_data.used_rows
+    assert trained_dev.used_rows + manifest.dev_data.used_rows == manifest.dev_data.rows
+    # the threshold is calibrated on the part of dev the model never trained on, and only that part
+    assert manifest.dev_metrics["pairs"] == manifest.dev_data.used_rows
+    assert manifest.training["pair_loss_weight"] == 1.0
+    assert manifest.training["dev_train_split"] == 0.5
+
+
+def test_a_small_labelled_file_gets_as_many_pair_batches_as_a_large_one() -> None:
+    large = [Pair(f"a{i}", f"b{i}", i % 2) for i in range(100)]
+    small = [Pair("c", "d", 1), Pair("e", "f", 0)]
+    assert pair_batch_for([large, small], 8, "0:0:3") == pair_batch_for([large, small], 8, "0:0:3")
+    picks = [pair_batch_for([large, small], 8, f"0:0:{i}") for i in range(2000)]
+    assert all(len(batch) == 8 for batch in picks if batch[0] in large)
+    share = sum(batch in (small, small[::-1]) for batch in picks) / len(picks)
+    assert 0.45 < share < 0.55  # by size it would be 2 %
+    assert pair_batch_for([], 8, "0:0:0") == []
 
 
 def test_seeded_cpu_runs_are_reproducible(tmp_path: Path, pair_files: tuple[Path, Path]) -> None:
