@@ -33,12 +33,27 @@ DATA = ROOT.parent / "shared" / "data"
 DATASETS = {"qqp": DATA / "qqp" / "dev.tsv", "paws": DATA / "paws" / "dev.tsv"}
 
 
+def untrained_part(path: Path) -> Callable[[str], bool] | None:
+    """For the dev file the default recipe trains half of: which rows (by ``text_a``) it never trained
+    on. None for any other file: all of it is untouched."""
+    from trainer.__main__ import default_settings, find_pair_files
+    from trainer.data import Pair, is_held_out
+
+    if not DATA.is_dir() or find_pair_files(DATA)[1] != path:
+        return None
+    kept = 1.0 - default_settings(DATA, Path("unused"), 1.0).dev_train_split
+    return lambda text_a: is_held_out(Pair(text_a, "", 1), kept)
+
+
 def read_pairs(
-    path: Path, limit: int | None, seed: int = 0
+    path: Path, limit: int | None, seed: int = 0, keep: Callable[[str], bool] | None = None
 ) -> tuple[list[str], list[str], NDArray[np.int64]]:
-    """``text_a, text_b, label`` rows (csv-quoted TSV); a seeded sample of ``limit`` rows when given."""
+    """``text_a, text_b, label`` rows (csv-quoted TSV) whose ``text_a`` passes ``keep``; a seeded
+    sample of ``limit`` rows when given."""
     with path.open(newline="", encoding="utf-8") as handle:
         rows = [(r["text_a"], r["text_b"], int(r["label"])) for r in csv.DictReader(handle, delimiter="\t")]
+    if keep is not None:
+        rows = [r for r in rows if keep(r[0])]
     if limit is not None and len(rows) > limit:
         pick = np.random.default_rng(seed).choice(len(rows), size=limit, replace=False)
         rows = [rows[i] for i in sorted(pick)]
@@ -132,7 +147,8 @@ def measure(max_pairs: int | None, seed: int = 0, datasets: dict[str, Path] | No
             results["skipped"].append(f"{name}: {path} absent")
             print(f"skip {name}: {path} absent", flush=True)
             continue
-        text_a, text_b, labels = read_pairs(path, max_pairs, seed)
+        keep = untrained_part(path)
+        text_a, text_b, labels = read_pairs(path, max_pairs, seed, keep)
         rows = {}
         for label, scorer in methods.items():
             started = time.perf_counter()
@@ -149,6 +165,7 @@ def measure(max_pairs: int | None, seed: int = 0, datasets: dict[str, Path] | No
             )
         results["sets"][name] = {
             "path": str(path),
+            "part": "the half the default recipe never trains on" if keep else "all",
             "pairs": int(labels.size),
             "duplicates": int(labels.sum()),
             "methods": rows,

@@ -300,7 +300,8 @@ def _pairs(pq: dict[str, Any]) -> list[str]:
     lines += [f"{sample}; metrics from `{pq.get('metrics_from', '?')}`.", ""]
     for name, s in pq["sets"].items():
         lines += [
-            f"### {name}: {s['pairs']} pairs, {s['duplicates']} duplicates",
+            f"### {name}: {s['pairs']} pairs, {s['duplicates']} duplicates"
+            + (f" ({s['part']})" if s.get("part", "all") != "all" else ""),
             "",
             "| method | ROC-AUC | AP | best F1 (threshold) | R@P0.90 | R@P0.99 | seconds |",
             "|---|---|---|---|---|---|---|",
@@ -315,7 +316,9 @@ def _pairs(pq: dict[str, Any]) -> list[str]:
     lines += [
         "Threshold-free metrics (AUC, AP, recall at precision) do not depend on any shipped threshold; the "
         "fine-tuned model's threshold is calibrated on QQP dev, which also took part in its model selection, "
-        "so QQP dev is in-sample for that choice (the held-out tenths in `bench/TRAINING.md` are not). "
+        "so QQP dev is in-sample for that choice (the held-out tenths in `bench/TRAINING.md` are not). The "
+        "default recipe trains on half of QQP dev (by a hash of `text_a`); the QQP rows here are from the "
+        "other half. "
         "Baselines: character 5-gram Jaccard of "
         "NFKC-casefolded text, a 128-permutation MinHash estimate of it, TF-IDF cosine over word tokens with "
         "the idf fitted on the pair set's own texts (all in `bench/baselines.py`).",

@@ -35,7 +35,7 @@ from bench.baselines import char_jaccard
 from bench.report import machine, provenance
 from bench.stream_quality import BILSTM
 from trainer.__main__ import default_settings, find_pair_files
-from trainer.data import Pair, read_pairs, sample_pairs, split_holdout
+from trainer.data import Pair, read_pairs, sample_pairs, split_dev, split_holdout
 from trainer.evaluate import average_precision, score_pairs
 from trainer.export import export_pretrained
 from trainer.losses import DEFAULT_MARGINS, LOSSES
@@ -45,14 +45,20 @@ from worker.embed import TorchEncoder
 from worker.model import default_base_model
 
 HOLDOUT = 0.1
+UNTRAINED = "untrained part"  # the part of the dev file the default recipe keeps as dev
 
 
 def evaluation_sets(data_dir: Path, max_pairs: int | None) -> dict[str, list[Pair]]:
-    """qqp dev and the held-out tenth of each training file, each capped at ``max_pairs``."""
+    """qqp dev, the part of it the default recipe never trains on, and the held-out tenth of each
+    training file, each capped at ``max_pairs``."""
     train_files, dev = find_pair_files(data_dir)
     sets: dict[str, list[Pair]] = {}
     if dev is not None:
-        sets[f"{dev.parent.name}/{dev.name}"] = read_pairs(dev)[0]
+        name = f"{dev.parent.name}/{dev.name}"
+        sets[name] = read_pairs(dev)[0]
+        split = default_settings(data_dir, Path("unused"), 1.0).dev_train_split
+        if split > 0:
+            sets[f"{name} {UNTRAINED}"] = split_dev(sets[name], split)[1]
     for path in train_files:
         _, held = split_holdout(read_pairs(path)[0], HOLDOUT)
         if {p.label for p in held} == {0, 1}:
@@ -95,7 +101,15 @@ LOSS_RUNS: list[tuple[str, dict[str, Any]]] = [
     ("mnr", {"batch_by_source": False}),
     ("mnr", {"hard_negatives": 0, "mine": False}),
     ("mnr", {"augment": 0.0}),
+    ("mnr", {"pair_loss_weight": 1.0}),
+    ("triplet", {"pair_loss_weight": 1.0}),
 ]
+
+
+def run_label(overrides: dict[str, Any]) -> str:
+    """How a loss run differs from the recipe: the first part of its ``settings`` cell, also the key
+    by which ``--losses-from`` finds a run already made."""
+    return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "default recipe"
 
 
 def loss_runs(
@@ -126,13 +140,14 @@ def loss_runs(
                 "examples_per_epoch": None,
                 "run_dir": work / f"run-{number}",
                 "checkpoint_every": 10**9,
+                "pair_loss_weight": 0.0,  # off unless a row turns it on: the table compares the losses
                 **overrides,
             },
         )
         tick = time.monotonic()
         train(settings, progress=False)
         aps = ap_of(model_scorer(out), sets)
-        changed = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "default recipe"
+        changed = run_label(overrides)
         rows.append(
             {
                 "loss": loss,
@@ -162,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--losses-from",
         type=Path,
-        help="reuse the loss table of an earlier report (JSON) instead of running it (add --losses)",
+        help="reuse the loss runs of an earlier report (JSON); only runs it lacks are made",
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results/train_quality.json"))
     parser.add_argument("--markdown", type=Path, default=Path("bench/TRAINING.md"), help="the report page")
@@ -216,12 +231,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps = args.loss_steps or (60 if quick else 200)
         runs = [(loss, overrides) for loss, overrides in LOSS_RUNS if loss in args.losses]
         small = {name: sample_pairs(pairs, args.loss_pairs, seed=7) for name, pairs in sets.items()}
-        report["losses"] = loss_runs(args.data_dir, work, runs, steps, args.lr, small) if runs else []
-        report["losses_baseline"] = ap_of(model_scorer(work / "zero-shot"), small) if runs else {}
-        if not runs and args.losses_from is not None:
+        made: list[dict[str, Any]] = []
+        if args.losses_from is not None:  # reuse the runs an earlier report made; run only the new ones
             earlier = json.loads(args.losses_from.read_text(encoding="utf-8"))
-            report["losses"], report["losses_baseline"] = earlier["losses"], earlier["losses_baseline"]
-            report["losses_from"] = {"command": earlier["command"], "machine": earlier["machine"]}
+            made = [row for row in earlier["losses"] if (row["loss"], row["settings"].split(";")[0]) in
+                    {(loss, run_label(overrides)) for loss, overrides in runs}]  # fmt: skip
+            done = {(row["loss"], row["settings"].split(";")[0]) for row in made}
+            runs = [(loss, o) for loss, o in runs if (loss, run_label(o)) not in done]
+            report["losses_baseline"] = earlier["losses_baseline"]
+            origin = {"command": earlier["command"], "machine": earlier["machine"]}
+            made = [{**row, "made_by": row.get("made_by", origin)} for row in made]  # the run that made it
+        fresh = loss_runs(args.data_dir, work, runs, steps, args.lr, small) if runs else []
+        report["losses"] = made + fresh
+        if runs or args.losses_from is None:
+            report["losses_baseline"] = ap_of(model_scorer(work / "zero-shot"), small) if runs else {}
 
     command = "python -m bench.train_quality " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     report["command"] = command
@@ -238,15 +261,39 @@ def machine_line(info: dict[str, Any]) -> str:
     return f"{info.get('date', '?')}, {info.get('cpu', '?')}, {info.get('cores', '?')} cores"
 
 
+def _mark(row: dict[str, Any], origins: list[str]) -> str:
+    if "made_by" not in row:
+        return ""
+    made_by = f"`{row['made_by']['command']}` ({machine_line(row['made_by']['machine'])})"
+    return f" *{origins.index(made_by) + 1}"
+
+
+def _ap(aps: dict[str, float], name: str) -> str:
+    """A cell: a table reused from an earlier run may lack a set added since (shown as –)."""
+    return f"{aps[name]:.4f}" if name in aps else "–"
+
+
 def markdown(report: dict[str, Any]) -> str:
     names = list(report["sets"])
     sizes = ", ".join(f"{name}: {size} pairs" for name, size in report["sets"].items())
     lines = [
         "# Training quality: the fine-tuned encoder against zero-shot all-MiniLM-L6-v2 and baselines",
         "",
-        "Written by `python -m bench.train_quality`. Evaluation sets (never trained on): "
-        f"{sizes}. A held-out tenth is chosen by a hash of `text_a` (the trainer's `--holdout` rule), so "
-        "no held-out anchor text is seen in training.",
+        f"Written by `python -m bench.train_quality`. Evaluation sets: {sizes}. A held-out tenth of each "
+        "training file is chosen by a hash of `text_a` (the trainer's `--holdout` rule), so no held-out "
+        "anchor text is seen in training.",
+        *(
+            [
+                "",
+                "The default recipe also trains on part of the dev file (`dev_train_split`, by the "
+                f"same hash) and keeps the rest as its dev set. The `{UNTRAINED}` column is that rest, never "
+                "trained on by any model here: compare models there. The whole-file column is kept for "
+                "comparison with earlier pages; for a model made by the default recipe it includes pairs it "
+                "trained on.",
+            ]
+            if any(UNTRAINED in name for name in names)
+            else []
+        ),
         "",
         "## Average precision",
         "",
@@ -254,7 +301,7 @@ def markdown(report: dict[str, Any]) -> str:
         "|---" * (len(names) + 1) + "|",
     ]
     for model, aps in report["average_precision"].items():
-        lines.append(f"| {model} | " + " | ".join(f"{aps[n]:.4f}" for n in names) + " |")
+        lines.append(f"| {model} | " + " | ".join(_ap(aps, n) for n in names) + " |")
     if "cpu_texts_per_s" in report:
         speed = report["cpu_texts_per_s"]
         lines += ["", f"CPU embedding speed: transformer {speed['transformer']:.0f} texts/s, bilstm "
@@ -262,25 +309,29 @@ def markdown(report: dict[str, Any]) -> str:
     if report["losses"]:
         header = "| loss | settings | steps | " + " | ".join(names) + " | minutes |"
         lines += ["", "## Losses tried (last weights, no selection)", ""]
-        if "losses_from" in report:
-            earlier = report["losses_from"]
-            lines += [
-                f"From an earlier run, `{earlier['command']}` ({machine_line(earlier['machine'])}), "
-                "reused with `--losses-from`.",
-                "",
-            ]
+        origins: list[str] = []
+        for row in report["losses"]:
+            if "made_by" in row:
+                made_by = f"`{row['made_by']['command']}` ({machine_line(row['made_by']['machine'])})"
+                origins += [] if made_by in origins else [made_by]
+        lines += [f"Rows marked *{k} come from an earlier run, {o}." for k, o in enumerate(origins, 1)]
+        lines += [
+            "Rows are reused with `--losses-from`; unmarked rows were run for this page. The pair ranking "
+            "term is off unless a row names `pair_loss_weight`.",
+            "",
+        ]
         lines.append(header)
         lines.append("|---" * (len(names) + 4) + "|")
         base = report.get("losses_baseline") or {}
         if base:
             lines.append(
-                "| (zero-shot) | no training | 0 | " + " | ".join(f"{base[n]:.4f}" for n in names) + " | |"
+                "| (zero-shot) | no training | 0 | " + " | ".join(_ap(base, n) for n in names) + " | |"
             )
         for row in report["losses"]:
             aps = row["average_precision"]
             lines.append(
-                f"| {row['loss']} | {row['settings']} | {row['steps']} | "
-                + " | ".join(f"{aps[n]:.4f}" for n in names)
+                f"| {row['loss']}{_mark(row, origins)} | {row['settings']} | {row['steps']} | "
+                + " | ".join(_ap(aps, n) for n in names)
                 + f" | {row['minutes']} |"
             )
     if "command" in report:
