@@ -34,7 +34,7 @@ import torch
 from bench.baselines import char_jaccard
 from bench.report import machine, provenance
 from bench.stream_quality import BILSTM
-from trainer.__main__ import default_settings, find_pair_files
+from trainer.__main__ import DEV_TRAIN_SPLIT, default_settings, find_pair_files
 from trainer.data import Pair, read_pairs, sample_pairs, split_dev, split_holdout
 from trainer.evaluate import average_precision, score_pairs
 from trainer.export import export_pretrained
@@ -56,9 +56,7 @@ def evaluation_sets(data_dir: Path, max_pairs: int | None) -> dict[str, list[Pai
     if dev is not None:
         name = f"{dev.parent.name}/{dev.name}"
         sets[name] = read_pairs(dev)[0]
-        split = default_settings(data_dir, Path("unused"), 1.0).dev_train_split
-        if split > 0:
-            sets[f"{name} {UNTRAINED}"] = split_dev(sets[name], split)[1]
+        sets[f"{name} {UNTRAINED}"] = split_dev(sets[name], DEV_TRAIN_SPLIT)[1]
     for path in train_files:
         _, held = split_holdout(read_pairs(path)[0], HOLDOUT)
         if {p.label for p in held} == {0, 1}:
@@ -110,6 +108,11 @@ def run_label(overrides: dict[str, Any]) -> str:
     """How a loss run differs from the recipe: the first part of its ``settings`` cell, also the key
     by which ``--losses-from`` finds a run already made."""
     return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "default recipe"
+
+
+def _row_key(row: dict[str, Any]) -> tuple[str, str]:
+    """(loss, run label) of a loss row, as ``run_label`` wrote it into the settings cell."""
+    return row["loss"], row["settings"].split(";")[0]
 
 
 def loss_runs(
@@ -232,19 +235,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = [(loss, overrides) for loss, overrides in LOSS_RUNS if loss in args.losses]
         small = {name: sample_pairs(pairs, args.loss_pairs, seed=7) for name, pairs in sets.items()}
         made: list[dict[str, Any]] = []
+        baseline: dict[str, float] = {}
         if args.losses_from is not None:  # reuse the runs an earlier report made; run only the new ones
             earlier = json.loads(args.losses_from.read_text(encoding="utf-8"))
-            made = [row for row in earlier["losses"] if (row["loss"], row["settings"].split(";")[0]) in
-                    {(loss, run_label(overrides)) for loss, overrides in runs}]  # fmt: skip
-            done = {(row["loss"], row["settings"].split(";")[0]) for row in made}
-            runs = [(loss, o) for loss, o in runs if (loss, run_label(o)) not in done]
-            report["losses_baseline"] = earlier["losses_baseline"]
+            wanted = {(loss, run_label(overrides)) for loss, overrides in runs}
             origin = {"command": earlier["command"], "machine": earlier["machine"]}
-            made = [{**row, "made_by": row.get("made_by", origin)} for row in made]  # the run that made it
+            made = [{"made_by": origin, **row} for row in earlier["losses"] if _row_key(row) in wanted]
+            done = {_row_key(row) for row in made}
+            runs = [(loss, o) for loss, o in runs if (loss, run_label(o)) not in done]
+            baseline = earlier["losses_baseline"]
         fresh = loss_runs(args.data_dir, work, runs, steps, args.lr, small) if runs else []
         report["losses"] = made + fresh
-        if runs or args.losses_from is None:
-            report["losses_baseline"] = ap_of(model_scorer(work / "zero-shot"), small) if runs else {}
+        report["losses_baseline"] = ap_of(model_scorer(work / "zero-shot"), small) if runs else baseline
 
     command = "python -m bench.train_quality " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     report["command"] = command
@@ -261,11 +263,16 @@ def machine_line(info: dict[str, Any]) -> str:
     return f"{info.get('date', '?')}, {info.get('cpu', '?')}, {info.get('cores', '?')} cores"
 
 
-def _mark(row: dict[str, Any], origins: list[str]) -> str:
+def _origin(row: dict[str, Any]) -> str | None:
+    """The earlier run a reused loss row came from, as the page names it (None: run for this page)."""
     if "made_by" not in row:
-        return ""
-    made_by = f"`{row['made_by']['command']}` ({machine_line(row['made_by']['machine'])})"
-    return f" *{origins.index(made_by) + 1}"
+        return None
+    return f"`{row['made_by']['command']}` ({machine_line(row['made_by']['machine'])})"
+
+
+def _mark(row: dict[str, Any], origins: list[str]) -> str:
+    origin = _origin(row)
+    return "" if origin is None else f" *{origins.index(origin) + 1}"
 
 
 def _ap(aps: dict[str, float], name: str) -> str:
@@ -309,11 +316,7 @@ def markdown(report: dict[str, Any]) -> str:
     if report["losses"]:
         header = "| loss | settings | steps | " + " | ".join(names) + " | minutes |"
         lines += ["", "## Losses tried (last weights, no selection)", ""]
-        origins: list[str] = []
-        for row in report["losses"]:
-            if "made_by" in row:
-                made_by = f"`{row['made_by']['command']}` ({machine_line(row['made_by']['machine'])})"
-                origins += [] if made_by in origins else [made_by]
+        origins = list(dict.fromkeys(o for o in map(_origin, report["losses"]) if o is not None))
         lines += [f"Rows marked *{k} come from an earlier run, {o}." for k, o in enumerate(origins, 1)]
         lines += [
             "Rows are reused with `--losses-from`; unmarked rows were run for this page. The pair ranking "

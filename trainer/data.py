@@ -209,15 +209,10 @@ def split_holdout(pairs: Sequence[Pair], fraction: float) -> tuple[list[Pair], l
 def split_dev(pairs: Sequence[Pair], train_fraction: float) -> tuple[list[Pair], list[Pair]]:
     """(trained on, kept as dev): the top ``train_fraction`` of hash buckets trains, by ``text_a``.
 
-    The dev part is the low buckets, so it holds ``split_holdout(pairs, 1 - train_fraction)[1]``
-    exactly: a benchmark finds the pairs a model never trained on without reading its settings.
+    The dev part is the low buckets, ``split_holdout(pairs, 1 - train_fraction)``'s held-out side: a
+    benchmark finds the pairs a model never trained on with the hold-out rule alone.
     """
-    if train_fraction <= 0:
-        return [], list(pairs)
-    kept_as_dev = 1.0 - train_fraction
-    trained = [p for p in pairs if not is_held_out(p, kept_as_dev)]
-    dev = [p for p in pairs if is_held_out(p, kept_as_dev)]
-    return trained, dev
+    return split_holdout(pairs, 1.0 - train_fraction)
 
 
 def labelled_pools(pairs: Sequence[Pair], sources: Sequence[int]) -> list[list[Pair]]:

@@ -850,7 +850,7 @@ def pair_batch_for(pools: Sequence[Sequence[Pair]], size: int, seed: str) -> lis
         return []
     rng = random.Random(f"{seed}:pairs")  # noqa: S311 - sampling, not secrets
     pool = pools[rng.randrange(len(pools))]
-    return rng.sample(list(pool), min(size, len(pool)))
+    return rng.sample(pool, min(size, len(pool)))
 
 
 def train_step(
