@@ -100,11 +100,16 @@ def run_default(args: argparse.Namespace) -> int:
 # Subcommands
 
 
+def train_settings(args: argparse.Namespace) -> TrainSettings:
+    """The command line over the environment (``TWINFLAG_TRAIN_*``) over the defaults."""
+    overrides = {k: v for k, v in vars(args).items() if k in TrainSettings.model_fields and v is not None}
+    return TrainSettings(**overrides)
+
+
 def run_train(args: argparse.Namespace) -> int:
     from trainer.train import train
 
-    overrides = {k: v for k, v in vars(args).items() if k in TrainSettings.model_fields and v is not None}
-    train(TrainSettings(**overrides), progress=not args.no_progress)
+    train(train_settings(args), progress=not args.no_progress)
     return 0
 
 
@@ -211,8 +216,12 @@ def parser() -> argparse.ArgumentParser:
         ("--pair-batch-size", int),
         ("--pair-scale", float),
         ("--holdout", float),
+        ("--select-split", float),
         ("--dev-train-split", float),
+        ("--warmup", float),
+        ("--weight-decay", float),
         ("--time-budget-s", float),
+        ("--deadline-s", float),
         ("--threads", int),
         ("--dev-max-pairs", int),
         ("--calibrate-max-pairs", int),
@@ -220,6 +229,8 @@ def parser() -> argparse.ArgumentParser:
         ("--freeze-layers", int),
         ("--train-max-tokens", int),
         ("--mine-pool", int),
+        ("--mine-k", int),
+        ("--mine-max-relative", float),
         ("--target-precision", float),
         ("--checkpoint-every", int),
     ):
@@ -231,6 +242,13 @@ def parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--no-mine", dest="mine", action="store_false", default=None, help="no hard-negative mining"
+    )
+    train.add_argument(
+        "--mixed-batches",
+        dest="batch_by_source",
+        action="store_false",
+        default=None,
+        help="fill batches from all training files (default: one file per batch)",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(run=run_train)

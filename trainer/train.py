@@ -9,7 +9,8 @@
    hard negatives + optional spam-edited positives; with ``pair_loss_weight``, also labelled pairs of
    one file for the pair ranking term), step with AdamW under the LR schedule, evaluate
    on the dev sample (also every ``eval_every`` steps), keep the best weights, checkpoint.
-5. Restore the best weights, calibrate the threshold on the dev set, write the model directory.
+5. Restore the best weights, calibrate the threshold on the dev set (without one: on the training
+   files' selection slices), write the model directory.
 
 One forward pass per step embeds the anchors and all candidates together. On CUDA it runs under
 bf16 autocast (fp16 with a gradient scaler where bf16 is missing). On CPU a run with a seed and no
@@ -470,7 +471,13 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
     select_sets = {k: sample_pairs(v, settings.dev_max_pairs, settings.seed) for k, v in select_sets.items()}
     select_pairs = [p for pairs_of_set in select_sets.values() for p in pairs_of_set]
     select_texts = len({t for p in select_pairs for t in (p.text_a, p.text_b)})
-    calibrate_pairs = min(len(dev_pairs), settings.calibrate_max_pairs or len(dev_pairs))
+    # the threshold's pairs: the dev set; without one, the selection slices (never trained on either)
+    if dev_report is not None and dev_pairs:
+        calibrate_on, calibrate_name = dev_pairs, Path(dev_report.name).name
+    else:
+        calibrate_on = [p for pairs_of_set in selection.values() for p in pairs_of_set]
+        calibrate_name = " + ".join(selection)
+    calibrate_pairs = min(len(calibrate_on), settings.calibrate_max_pairs or len(calibrate_on))
 
     # 2. model
     initial = init_model(settings, data)
@@ -639,8 +646,8 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
     thresholds, metrics = _final_thresholds(
         module,
         eval_tokenizer,
-        dev_pairs,
-        dev_report,
+        calibrate_on,
+        calibrate_name,
         calibrate_pairs,
         settings.target_precision,
         settings.seed,
@@ -719,25 +726,28 @@ def _final_cost(pairs: int, speed: float) -> float:
 def _final_thresholds(
     module: nn.Module,
     tokenizer: Tokenizer,
-    dev_pairs: Sequence[Pair],
-    dev_report: FileReport | None,
+    calibrate_on: Sequence[Pair],
+    name: str,
     max_pairs: int,
     target_precision: float,
     seed: int,
     device: str,
     autocast_dtype: torch.dtype | None,
 ) -> tuple[Thresholds, Metrics | None]:
-    if not dev_pairs or dev_report is None:
-        log.warning("no dev set: shipping the uncalibrated default threshold", threshold=DEFAULT_THRESHOLD)
+    if not calibrate_on:
+        log.warning(
+            "no dev set or selection slice: shipping the uncalibrated default threshold",
+            threshold=DEFAULT_THRESHOLD,
+        )
         return Thresholds(decision=DEFAULT_THRESHOLD), None
-    pairs = sample_pairs(dev_pairs, max_pairs, seed + 1)
+    pairs = sample_pairs(calibrate_on, max_pairs, seed + 1)
     metrics, scores = dev_metrics(module, tokenizer, pairs, device, autocast_dtype)
     module.eval()
     labels = [p.label for p in pairs]
-    return calibrate(scores, labels, target_precision, Path(dev_report.name).name)[0], metrics
+    return calibrate(scores, labels, target_precision, name)[0], metrics
 
 
-DEFAULT_THRESHOLD = 0.8  # shipped only when no dev set was given to calibrate on
+DEFAULT_THRESHOLD = 0.8  # shipped only when there are no labelled pairs kept out of training
 
 
 def mine_for_epoch(

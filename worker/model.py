@@ -117,7 +117,9 @@ class Thresholds(_Frozen):
     best_f1: float | None = Field(default=None, description="Best F1 on the dev set.")
     best_f1_threshold: float | None = Field(default=None, description="Threshold that gives best_f1.")
     calibrated_on: str | None = Field(
-        default=None, description="Dev file the thresholds were chosen on; None: an uncalibrated default."
+        default=None,
+        description="Pairs the thresholds were chosen on (the dev file, or without one the training "
+        "files' selection slices); None: an uncalibrated default.",
     )
 
 

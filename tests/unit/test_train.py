@@ -6,6 +6,7 @@ plumbing, not the quality (that is ``bench/train_quality.py``).
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from pathlib import Path
@@ -17,11 +18,19 @@ from structlog.testing import capture_logs
 
 import trainer.train as train_module
 from tests.unit.test_model import tiny_sentence_transformer
-from trainer.__main__ import find_pair_files, main
+from trainer.__main__ import find_pair_files, main, parser, train_settings
 from trainer.augment import EDITS, drop_word, spam_edit
 from trainer.data import Pair
 from trainer.settings import TrainSettings
-from trainer.train import epoch_examples, forward_by_length, lr_at, pair_batch_for, snapshot, train
+from trainer.train import (
+    DEFAULT_THRESHOLD,
+    epoch_examples,
+    forward_by_length,
+    lr_at,
+    pair_batch_for,
+    snapshot,
+    train,
+)
 from worker.embed import TorchEncoder, embed_texts
 
 TOPICS = ["python", "pizza", "the moon", "taxes", "chess", "guitar", "running", "coffee", "a visa", "cats"]
@@ -282,3 +291,47 @@ def test_default_recipe_never_trains_on_dev_files(tmp_path: Path) -> None:
         "qqp/duplicates.tsv",
         "twitter/train.tsv",
     ]
+
+
+# set elsewhere: nested sizes (environment), the log level (a flag before the subcommand)
+NOT_ON_THE_TRAIN_COMMAND_LINE = {"bilstm", "log_level"}
+
+
+def test_every_training_setting_can_be_set_on_the_command_line() -> None:
+    commands = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {action.dest for action in commands.choices["train"]._actions}
+    missing = set(TrainSettings.model_fields) - NOT_ON_THE_TRAIN_COMMAND_LINE - flags
+    assert not missing, f"settings without a flag on `python -m trainer train`: {sorted(missing)}"
+
+
+def test_command_line_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TWINFLAG_TRAIN_WARMUP", "0.3")
+    monkeypatch.setenv("TWINFLAG_TRAIN_MINE_K", "5")
+    args = parser().parse_args(
+        ["train", "--select-split", "0.05", "--warmup", "0.2", "--weight-decay", "0", "--mixed-batches"]
+    )
+    settings = train_settings(args)
+    assert (settings.select_split, settings.warmup, settings.weight_decay) == (0.05, 0.2, 0.0)
+    assert settings.batch_by_source is False
+    assert settings.mine_k == 5  # not on the command line: the environment's value stands
+    unset = train_settings(parser().parse_args(["train"]))
+    assert (unset.batch_by_source, unset.mine, unset.resume) == (True, True, False)
+
+
+def test_without_a_dev_file_the_threshold_is_calibrated_on_the_selection_slices(
+    tmp_path: Path, pair_files: tuple[Path, Path]
+) -> None:
+    labelled = write_pairs(tmp_path / "labelled.tsv", 5, dev=True)
+    settings = settings_for(tmp_path, pair_files, train=[labelled], dev=None, select_split=0.4)
+    thresholds = train(settings, progress=False).manifest.thresholds
+    assert thresholds.calibrated_on == f"{tmp_path.name}/labelled.tsv selection slice"
+    assert thresholds.precision is not None
+    assert thresholds.best_f1_threshold is not None
+
+
+def test_with_nothing_kept_out_of_training_the_default_threshold_ships_and_says_so(
+    tmp_path: Path, pair_files: tuple[Path, Path]
+) -> None:
+    thresholds = train(settings_for(tmp_path, pair_files, dev=None), progress=False).manifest.thresholds
+    assert thresholds.decision == DEFAULT_THRESHOLD
+    assert thresholds.calibrated_on is None
