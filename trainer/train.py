@@ -465,15 +465,16 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
         conflicts=data.conflicts,
         labelled_pools=[len(pool) for pool in pools],
     )
+    dev_name = Path(dev_report.name).name if dev_report is not None and dev_pairs else None
     # model selection: the dev set and each training file's selection slice, best mean AP wins
-    select_sets = {Path(dev_report.name).name: dev_pairs} if dev_report is not None and dev_pairs else {}
+    select_sets = {dev_name: dev_pairs} if dev_name is not None else {}
     select_sets.update(selection)
     select_sets = {k: sample_pairs(v, settings.dev_max_pairs, settings.seed) for k, v in select_sets.items()}
     select_pairs = [p for pairs_of_set in select_sets.values() for p in pairs_of_set]
     select_texts = len({t for p in select_pairs for t in (p.text_a, p.text_b)})
     # the threshold's pairs: the dev set; without one, the selection slices (never trained on either)
-    if dev_report is not None and dev_pairs:
-        calibrate_on, calibrate_name = dev_pairs, Path(dev_report.name).name
+    if dev_name is not None:
+        calibrate_on, calibrate_name = dev_pairs, dev_name
     else:
         calibrate_on = [p for pairs_of_set in selection.values() for p in pairs_of_set]
         calibrate_name = " + ".join(selection)
@@ -883,7 +884,7 @@ def train_step(
     ids = [e.ids for e in tokenizer.encode_batch(texts)]
     vectors = forward_by_length(module, ids, pad_id, device, autocast_dtype)
     rows = len(batch.anchors)
-    anchor, candidates = vectors[:rows], vectors[rows : len(batch.anchors) + len(batch.candidates)]
+    anchor, candidates = vectors[:rows], vectors[rows : rows + len(batch.candidates)]
     mask_neg = negative_mask(
         torch.tensor(batch.anchor_clusters, device=device),
         torch.tensor(batch.candidate_clusters, device=device),

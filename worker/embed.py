@@ -10,6 +10,7 @@ rounding.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -209,8 +210,6 @@ def limit_kernel_cache(capacity: int) -> None:
     before the first forward pass of the process. Every batch shape a stream produces otherwise stays
     cached, up to 1024 of them: resident memory that looks like a leak in a long-running worker.
     """
-    import os
-
     os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(capacity)
 
 
