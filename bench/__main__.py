@@ -122,7 +122,7 @@ def ensure_zero_shot(path: Path, data_dir: Path) -> None:
         return
     from trainer.__main__ import find_pair_files
     from trainer.export import export_pretrained
-    from worker.model import default_base_model
+    from worker.model.pretrained import default_base_model
 
     dev = find_pair_files(data_dir)[1] if data_dir.is_dir() else None
     print(f"exporting the zero-shot model to {path} (dev set: {dev})", flush=True)

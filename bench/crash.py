@@ -167,7 +167,7 @@ def ready_after(log_path: Path, started_wall: float) -> float | None:
 
 
 def order_of(position: Position, post: dict[str, Any]) -> tuple[int, int]:
-    """The worker's order key of a post (``worker.batch.order_key``): timestamp, then partition/offset."""
+    """The worker's order key of a post (``worker.core.step.order_key``): timestamp, then partition/offset."""
     return (stamp(post), position[0] << 40 | position[1])
 
 
@@ -179,8 +179,8 @@ def index_check(
     With ``copy_to`` the directory is copied first and the copy opened: opening an index flushes it and
     removes leftovers, which must stay the restarted worker's job.
     """
-    from worker.batch import decode_verdict
-    from worker.search import EdgeIndex
+    from worker.core.step import decode_verdict
+    from worker.index.search import EdgeIndex
 
     path = index
     if copy_to is not None:
@@ -212,7 +212,7 @@ def index_recall(
     """
     import numpy as np
 
-    from worker.search import EdgeIndex, Query
+    from worker.index.search import EdgeIndex, Query
 
     order = {
         (str(post["tenant"]), str(post["id"])): order_of(position, post)
@@ -486,7 +486,7 @@ def measure(
     ``kills`` random kills and ``aimed`` ones, in a seeded random order. ``control``: a second
     uninterrupted run, compared with ``ref``, shows what differs between two runs without any crash.
     """
-    from worker.model import read_manifest
+    from worker.model.directory import read_manifest
 
     rng = random.Random(seed)
     plan = ["random"] * kills + ["aimed"] * aimed

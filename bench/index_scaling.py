@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from worker.search import EdgeIndex, IndexPoint, Query
+from worker.index.search import EdgeIndex, IndexPoint, Query
 
 DIM = 384
 TENANTS = 4
@@ -119,7 +119,7 @@ def text_embeddings(n: int, seed: int) -> np.ndarray:
     from demo.posts import generate
     from trainer.__main__ import pair_files
     from trainer.data import read_pairs
-    from worker.embed import TorchEncoder
+    from worker.model.encode import TorchEncoder
 
     texts: dict[str, None] = {}
     for path in pair_files(DATA) if DATA.is_dir() else []:

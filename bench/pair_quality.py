@@ -117,7 +117,7 @@ def minhash_scores(text_a: Sequence[str], text_b: Sequence[str], num_perm: int =
 
 def model_scorer(model: Path) -> Callable[[Sequence[str], Sequence[str]], list[float]]:
     """Cosine of each pair under a model directory (what ``python -m trainer score`` prints)."""
-    from worker.embed import load_encoder
+    from worker.model.encode import load_encoder
 
     encoder = load_encoder(model, "cpu")
 

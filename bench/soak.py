@@ -171,8 +171,8 @@ def _baseline_child(points: int, dim: int, every: int, out: Any) -> None:
     (batches of 256, flush, maintain), RSS recorded every ``every`` points."""
     import hashlib
 
-    from worker.search import EdgeIndex, IndexPoint
-    from worker.settings import IndexSettings
+    from worker.index.search import EdgeIndex, IndexPoint
+    from worker.service.settings import IndexSettings
 
     rng = np.random.default_rng(0)
     rows: list[tuple[int, float, float]] = []
@@ -363,7 +363,7 @@ def soak(
     batch: int = 256,
 ) -> tuple[dict[str, Any], list[Sample]]:
     """Run the soak; returns the figures and the samples."""
-    from worker.model import read_manifest
+    from worker.model.directory import read_manifest
 
     seconds = minutes * 60.0
     n = int(rate * seconds) + 1

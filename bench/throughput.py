@@ -29,10 +29,10 @@ import numpy as np
 from bench.baselines import MinHashLSHStream
 from demo.broker import free_port, tansu
 from demo.posts import generate, read_jsonl, write_stream
-from worker.embed import TorchEncoder, load_encoder
-from worker.normalize import text_hash
-from worker.scan import scan
-from worker.search import EdgeIndex, IndexPoint, Query
+from worker.core.normalize import text_hash
+from worker.index.search import EdgeIndex, IndexPoint, Query
+from worker.model.encode import TorchEncoder, load_encoder
+from worker.service.scan import scan
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("parse", "delete", "exact", "embed", "search", "decide", "publish", "upsert")
@@ -64,7 +64,7 @@ def encoder_rate(encoder: TorchEncoder, texts: Sequence[str], batch: int) -> flo
 
 
 def scan_rate(encoder: TorchEncoder, posts: Path, batch: int, threshold: float, work: Path) -> float:
-    """``worker.scan.scan`` end to end (file in, decisions file out) with a fresh EdgeIndex."""
+    """``worker.service.scan.scan`` end to end (file in, decisions file out) with a fresh EdgeIndex."""
     index = EdgeIndex(Path(tempfile.mkdtemp(dir=work, prefix="scan-index-")))
     started = time.perf_counter()
     try:
@@ -80,7 +80,7 @@ def scan_rate(encoder: TorchEncoder, posts: Path, batch: int, threshold: float, 
 def exact_share(posts: Sequence[dict[str, Any]]) -> float:
     """Share of posts whose normalised text repeats an earlier one of the same tenant: the exact fast path
     answers those without embedding, which the encoder-alone baseline does not get to skip."""
-    from worker.normalize import normalize
+    from worker.core.normalize import normalize
 
     seen: set[tuple[str, str]] = set()
     hits = 0

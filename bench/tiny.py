@@ -72,8 +72,9 @@ def tiny_model(out: Path, texts: Sequence[str], seed: int = 0, flag_share: float
     plenty). ``flag_share``: share of the sample that should land above the threshold.
     """
     from trainer.export import export_pretrained
-    from worker.embed import TorchEncoder
-    from worker.model import MANIFEST_FILE, Thresholds, read_manifest
+    from worker.model.directory import read_manifest
+    from worker.model.encode import TorchEncoder
+    from worker.model.manifest import MANIFEST_FILE, Thresholds
 
     with tempfile.TemporaryDirectory(prefix="twinflag-tiny-") as tmp:
         source = _sentence_transformer(Path(tmp) / "st", texts, seed)

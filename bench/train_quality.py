@@ -41,8 +41,8 @@ from trainer.export import export_pretrained
 from trainer.losses import DEFAULT_MARGINS, LOSSES
 from trainer.settings import TrainSettings
 from trainer.train import train
-from worker.embed import TorchEncoder
-from worker.model import default_base_model
+from worker.model.encode import TorchEncoder
+from worker.model.pretrained import default_base_model
 
 HOLDOUT = 0.1
 UNTRAINED = "untrained part"  # the part of the dev file the default recipe keeps as dev

@@ -39,7 +39,7 @@ def ensure_model(explicit: Path | None) -> Path:
     if not (ZERO_SHOT / "manifest.json").is_file():
         say("· no models/default: exporting the zero-shot all-MiniLM-L6-v2 (run `make model` for the "
             "fine-tuned one)")
-        from worker.model import default_base_model
+        from worker.model.pretrained import default_base_model
 
         command = [sys.executable, "-m", "trainer", "export", "--from-pretrained", str(default_base_model()),
                    "--out", str(ZERO_SHOT)]

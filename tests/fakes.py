@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from worker.batch import Record
-from worker.search import (
+from worker.core.step import Record
+from worker.index.search import (
     HashQuery,
     IndexMismatchError,
     IndexPoint,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.settings import TrainSettings
-from worker.logs import configure, get_logger
+from worker.core.logs import configure, get_logger
 
 DEFAULT_DATA_DIR = Path("../shared/data")
 PAIR_SUFFIXES = (".tsv", ".csv", ".jsonl")
@@ -81,7 +81,7 @@ def default_settings(data_dir: Path, out: Path, budget_s: float, **overrides: An
 def run_default(args: argparse.Namespace) -> int:
     from trainer.export import export_pretrained
     from trainer.train import train
-    from worker.model import default_base_model
+    from worker.model.pretrained import default_base_model
 
     log = get_logger("trainer")
     tick = time.monotonic()
@@ -118,7 +118,7 @@ def _encoder_scores(
 ) -> tuple[Any, Any, Any]:
     from trainer.data import read_pairs, sample_pairs
     from trainer.evaluate import score_pairs
-    from worker.embed import load_encoder
+    from worker.model.encode import load_encoder
 
     encoder = load_encoder(model, device)
     pairs, report = read_pairs(pairs_file)
@@ -164,7 +164,7 @@ def run_score(args: argparse.Namespace) -> int:
     """One similarity per data row, in input order; ``nan`` for a row that cannot be read (logged)."""
     from trainer.data import read_rows
     from trainer.evaluate import score_pairs
-    from worker.embed import load_encoder
+    from worker.model.encode import load_encoder
 
     encoder = load_encoder(args.model, args.device)
     rows, report = read_rows(args.pairs, allow_empty=True)
@@ -293,7 +293,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from trainer.data import DataError
-    from worker.model import ModelFormatError
+    from worker.model.manifest import ModelFormatError
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network: models come from disk
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

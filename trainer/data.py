@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.model import DataFingerprint
+from worker.model.manifest import DataFingerprint
 
 
 class DataError(ValueError):

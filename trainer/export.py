@@ -11,9 +11,11 @@ from pathlib import Path
 
 from trainer.data import read_pairs, sample_pairs
 from trainer.train import DEFAULT_THRESHOLD, calibrate, code_version
-from worker.embed import embed_texts, pick_device
-from worker.logs import get_logger
-from worker.model import CONFIG_FILE, Manifest, Thresholds, from_sentence_transformer, save_model_dir
+from worker.core.logs import get_logger
+from worker.model.directory import save_model_dir
+from worker.model.encode import embed_texts, pick_device
+from worker.model.manifest import CONFIG_FILE, Manifest, Thresholds
+from worker.model.pretrained import from_sentence_transformer
 
 log = get_logger("trainer.export")
 

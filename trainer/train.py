@@ -61,22 +61,13 @@ from trainer.mine import mine_hard_negatives
 from trainer.settings import TrainSettings
 from trainer.vocab import train_wordpiece
 from worker import __version__
-from worker.embed import embed_texts, pick_device
-from worker.logs import get_logger
-from worker.model import (
-    CONFIG_FILE,
-    BiLSTMEncoder,
-    BiLSTMParams,
-    Manifest,
-    Thresholds,
-    TransformerEncoder,
-    TransformerParams,
-    configure_tokenizer,
-    from_sentence_transformer,
-    load_model_dir,
-    save_model_dir,
-    state_tensors,
-)
+from worker.core.logs import get_logger
+from worker.model.directory import load_model_dir, save_model_dir, state_tensors
+from worker.model.encode import embed_texts, pick_device
+from worker.model.manifest import CONFIG_FILE, BiLSTMParams, Manifest, Thresholds, TransformerParams
+from worker.model.modules import BiLSTMEncoder, TransformerEncoder
+from worker.model.pretrained import from_sentence_transformer
+from worker.model.tokenizer import configure_tokenizer
 
 log = get_logger("trainer")
 
@@ -183,7 +174,7 @@ def init_model(settings: TrainSettings, data: TrainingSet) -> Initial:
         )
         module = BiLSTMEncoder(params, sizes.dim, pad_token_id=0)
         return Initial(module, tokenizer, params, sizes.dim, 128, None, pretrained=False)
-    from worker.model import default_base_model
+    from worker.model.pretrained import default_base_model
 
     source = settings.init if settings.init is not None else default_base_model()
     if (source / "manifest.json").is_file():
@@ -824,8 +815,8 @@ def forward_by_length(
     One padded batch of a hundred texts wastes most of its compute on padding when lengths vary
     (tweets next to news sentences); sorted chunks cut that waste on CPU.
     """
-    from worker.embed import token_batches
-    from worker.model import pad_batch
+    from worker.model.encode import token_batches
+    from worker.model.modules import pad_batch
 
     pieces: list[torch.Tensor] = []
     order: list[int] = []

@@ -27,17 +27,17 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from worker import logs
-from worker.batch import StepConfig
-from worker.consume import KafkaSource, Source
-from worker.embed import Encoder
-from worker.errors import Action, FatalError, policy
-from worker.loop import Backoff
-from worker.loop import run as run_loop
-from worker.publish import BatchPublisher, KafkaPublisher, TransactionalPublisher
-from worker.search import IndexMismatchError, VectorIndex
-from worker.serve import Metrics, Readiness, StatusServer
-from worker.settings import IndexSettings, KafkaSettings, WorkerSettings, settings_markdown
+from worker.core import logs
+from worker.core.errors import Action, FatalError, policy
+from worker.core.step import StepConfig
+from worker.index.search import IndexMismatchError, VectorIndex
+from worker.kafka.publish import BatchPublisher, KafkaPublisher, TransactionalPublisher
+from worker.kafka.source import KafkaSource, Source
+from worker.model.encode import Encoder
+from worker.service.loop import Backoff
+from worker.service.loop import run as run_loop
+from worker.service.settings import IndexSettings, KafkaSettings, WorkerSettings, settings_markdown
+from worker.service.status import Metrics, Readiness, StatusServer
 
 log = logs.get_logger("main")
 T = TypeVar("T")
@@ -156,7 +156,7 @@ def build_publisher(settings: WorkerSettings) -> BatchPublisher:
 
 def build_index(index: IndexSettings, stack: ExitStack) -> VectorIndex:
     """EdgeIndex at the configured path, or QdrantIndex over a client built from URL, API key, TLS."""
-    from worker.search import EdgeIndex, QdrantIndex
+    from worker.index.search import EdgeIndex, QdrantIndex
 
     if index.backend == "embedded":
         edge = EdgeIndex(
@@ -195,8 +195,8 @@ def build_index(index: IndexSettings, stack: ExitStack) -> VectorIndex:
 def load_model(settings: WorkerSettings, model_dir: Path | None = None) -> tuple[Encoder, float]:
     """The encoder and the manifest's decision threshold. A missing, unsafe or unreadable model
     directory is a ``FatalError`` naming the path."""
-    from worker.embed import limit_kernel_cache, load_encoder
-    from worker.model import ModelFormatError, UnsafeModelError
+    from worker.model.encode import limit_kernel_cache, load_encoder
+    from worker.model.manifest import ModelFormatError, UnsafeModelError
 
     path = model_dir if model_dir is not None else settings.model.path
     model = settings.model
@@ -368,8 +368,8 @@ def cmd_run(_args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from worker.scan import scan
-    from worker.search import EdgeIndex
+    from worker.index.search import EdgeIndex
+    from worker.service.scan import scan
 
     settings = load_settings()
     logs.configure(settings.log_level, settings.log_format)
@@ -397,7 +397,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from worker.load import load_corpus
+    from worker.service.load import load_corpus
 
     settings = load_settings()
     logs.configure(settings.log_level, settings.log_format)

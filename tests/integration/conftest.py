@@ -21,7 +21,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from bench.harness import committed  # noqa: F401 - the tests import it from here
 from demo.broker import free_port, tansu
-from worker.settings import IndexSettings, KafkaSettings, WorkerSettings
+from worker.service.settings import IndexSettings, KafkaSettings, WorkerSettings
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 
 from tests.fakes import HashEncoder
-from worker import logs
 from worker.__main__ import load_settings, run_worker, stop_on_signals
+from worker.core import logs
 
 THRESHOLD = 0.8
 

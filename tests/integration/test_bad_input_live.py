@@ -21,7 +21,7 @@ from tests.integration.conftest import Names, committed, create_topics, produce,
 from tests.integration.test_loop_kafka import run_inline
 from tests.unit.test_bad_input import values
 from worker.__main__ import step_config
-from worker.schema import DeadLetter, DeadLetterReason, Decision, Deletion, parse_record
+from worker.core.messages import DeadLetter, DeadLetterReason, Decision, Deletion, parse_record
 
 pytestmark = pytest.mark.integration
 

@@ -32,14 +32,10 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch = pytest.importorskip("torch")
     from tokenizers import Tokenizer
 
-    from worker.model import (
-        BiLSTMEncoder,
-        BiLSTMParams,
-        Manifest,
-        Thresholds,
-        default_base_model,
-        save_model_dir,
-    )
+    from worker.model.directory import save_model_dir
+    from worker.model.manifest import BiLSTMParams, Manifest, Thresholds
+    from worker.model.modules import BiLSTMEncoder
+    from worker.model.pretrained import default_base_model
 
     torch.manual_seed(0)
     tokenizer = Tokenizer.from_file(str(default_base_model() / "tokenizer.json"))
@@ -113,7 +109,7 @@ def test_an_index_of_another_model_is_refused_at_start(
     broker: str, names: Names, tmp_path: Path, tiny_model: Path
 ) -> None:
     from tests.fakes import HashEncoder
-    from worker.search import EdgeIndex
+    from worker.index.search import EdgeIndex
 
     other = HashEncoder()
     index = EdgeIndex(tmp_path / "index")

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import structlog
 
-import worker.search
-from worker.search import EdgeIndex, IndexMismatchError, IndexPoint, Query
+import worker.index.search
+from worker.index.search import EdgeIndex, IndexMismatchError, IndexPoint, Query
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ CRASHER = """
 import os, signal, sys
 import numpy as np
 from pathlib import Path
-from worker.search import EdgeIndex, IndexPoint
+from worker.index.search import EdgeIndex, IndexPoint
 
 path, n, optimize = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 index = EdgeIndex(path, optimize_every=100, indexing_threshold_kb=1)
@@ -127,7 +127,7 @@ def test_refuses_shard_directories_without_a_sidecar(tmp_path: Path) -> None:
 def test_a_failed_optimisation_leaves_the_live_shard_in_charge(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker.search, "_OPTIMIZE_CHILD", "import sys; sys.exit(7)")
+    monkeypatch.setattr(worker.index.search, "_OPTIMIZE_CHILD", "import sys; sys.exit(7)")
     index = EdgeIndex(tmp_path / "index", optimize_every=10)
     index.ensure(DIM, "m1")
     index.upsert(points(50))
@@ -148,7 +148,7 @@ def test_a_failed_optimisation_leaves_the_live_shard_in_charge(
 
 
 def test_close_stops_a_running_optimisation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker.search, "_OPTIMIZE_CHILD", "import time; time.sleep(60)")
+    monkeypatch.setattr(worker.index.search, "_OPTIMIZE_CHILD", "import time; time.sleep(60)")
     index = EdgeIndex(tmp_path / "index", optimize_every=10)
     index.ensure(DIM, "m1")
     index.upsert(points(20))
@@ -165,7 +165,7 @@ def test_an_unusable_copy_is_dropped_and_the_stream_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     broken = "import os, sys; os.remove(os.path.join(sys.argv[1], 'edge_config.json'))"
-    monkeypatch.setattr(worker.search, "_OPTIMIZE_CHILD", broken)
+    monkeypatch.setattr(worker.index.search, "_OPTIMIZE_CHILD", broken)
     index = EdgeIndex(tmp_path / "index", optimize_every=10)
     index.ensure(DIM, "m1")
     index.upsert(points(30))

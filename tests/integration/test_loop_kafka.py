@@ -32,8 +32,8 @@ from tests.integration.conftest import (
     worker_settings,
 )
 from worker.__main__ import build_consumer, build_index, build_publisher, step_config
-from worker.loop import run
-from worker.settings import WorkerSettings
+from worker.service.loop import run
+from worker.service.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration
 

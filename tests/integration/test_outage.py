@@ -27,8 +27,8 @@ from tests.integration.conftest import (
 )
 from tests.integration.proxy import CuttableProxy
 from worker.__main__ import build_consumer, build_index, build_publisher, step_config
-from worker.loop import Backoff, run
-from worker.serve import Readiness
+from worker.service.loop import Backoff, run
+from worker.service.status import Readiness
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fakes import HashEncoder, ListPublisher, MemoryIndex, raw_record
-from worker.batch import Record, StepConfig, run_batch
-from worker.schema import DeadLetter, DeadLetterReason, Decision, Deletion, Document, parse_record
+from worker.core.messages import DeadLetter, DeadLetterReason, Decision, Deletion, Document, parse_record
+from worker.core.step import Record, StepConfig, run_batch
 
 CONFIG = StepConfig(
     threshold=0.8,

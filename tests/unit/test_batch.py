@@ -13,11 +13,19 @@ import numpy as np
 import pytest
 
 from tests.fakes import HashEncoder, ListPublisher, MemoryIndex, doc_record, raw_record
-from worker.batch import BatchResult, Record, StepConfig, decode_verdict, encode_verdict, order_key, run_batch
-from worker.decide import Candidate, Verdict
-from worker.normalize import normalize, text_hash
-from worker.schema import Decision
-from worker.search import Neighbour, Query
+from worker.core.decide import Candidate, Verdict
+from worker.core.messages import Decision
+from worker.core.normalize import normalize, text_hash
+from worker.core.step import (
+    BatchResult,
+    Record,
+    StepConfig,
+    decode_verdict,
+    encode_verdict,
+    order_key,
+    run_batch,
+)
+from worker.index.search import Neighbour, Query
 
 FLAGS, DECISIONS, DLQ = "duplicate-flags", "decisions", "documents.dlq"
 SPAM = "Buy cheap watches at our store today, best prices guaranteed!"
@@ -302,7 +310,7 @@ def test_dead_letters_carry_reason_original_bytes_and_position() -> None:
 
 def test_a_10_mb_record_dead_letters_within_the_producers_request_limit() -> None:
     from worker.__main__ import dlq_max_bytes
-    from worker.settings import WorkerSettings
+    from worker.service.settings import WorkerSettings
 
     settings = WorkerSettings()
     huge = raw_record(b'{"id": "big", "text": "' + b"x" * 10_000_000 + b'"}', 1, key=b"k" * 100_000)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from worker.settings import ENV_PREFIX, NESTED_DELIMITER, WorkerSettings
+from worker.service.settings import ENV_PREFIX, NESTED_DELIMITER, WorkerSettings
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read docker-compose.yml")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from worker.decide import (
+from worker.core.decide import (
     Candidate,
     batch_candidates,
     decide,

@@ -22,7 +22,7 @@ from demo.posts import (
     precision_recall,
     spam_edit,
 )
-from worker.normalize import normalize, text_hash
+from worker.core.normalize import normalize, text_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 ZERO_WIDTH = set("\u200b\u200c\u200d\u2060\ufeff")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from worker.__main__ import dlq_max_bytes
-from worker.settings import ENV_PREFIX, WorkerSettings
+from worker.service.settings import ENV_PREFIX, WorkerSettings
 
 from .test_compose import env_example, setting_names
 

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.search import (
+from worker.index.search import (
     EdgeIndex,
     HashQuery,
     IndexMismatchError,

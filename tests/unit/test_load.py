@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.fakes import HashEncoder, ListPublisher, MemoryIndex, doc_record
-from worker.batch import StepConfig, run_batch
-from worker.load import load_corpus
-from worker.search import IndexMismatchError
+from worker.core.step import StepConfig, run_batch
+from worker.index.search import IndexMismatchError
+from worker.service.load import load_corpus
 
 SPAM = "Buy cheap watches at our store today, best prices guaranteed!"
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from worker import logs
+from worker.core import logs
 
 
 @pytest.fixture

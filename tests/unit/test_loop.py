@@ -11,11 +11,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.fakes import HashEncoder, ListPublisher, MemoryIndex, doc_record, raw_record
-from worker.batch import Record, StepConfig
-from worker.consume import first_offsets, next_offsets
-from worker.errors import IndexUnavailableError, RebalancedError
-from worker.loop import Backoff, run
-from worker.serve import Metrics, Readiness
+from worker.core.errors import IndexUnavailableError, RebalancedError
+from worker.core.step import Record, StepConfig
+from worker.kafka.source import first_offsets, next_offsets
+from worker.service.loop import Backoff, run
+from worker.service.status import Metrics, Readiness
 
 CONFIG = StepConfig(threshold=0.8, model_version="hash-trigram-v1")
 FAST = Backoff(initial_s=0.001, max_s=0.004)

@@ -18,10 +18,10 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata
 
-from worker.batch import Record
-from worker.consume import KafkaSource, first_offsets, next_offsets
-from worker.errors import BrokerUnavailableError, FatalError, RebalancedError
-from worker.publish import KafkaPublisher, TransactionalPublisher
+from worker.core.errors import BrokerUnavailableError, FatalError, RebalancedError
+from worker.core.step import Record
+from worker.kafka.publish import KafkaPublisher, TransactionalPublisher
+from worker.kafka.source import KafkaSource, first_offsets, next_offsets
 
 
 class Future:

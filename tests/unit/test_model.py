@@ -18,20 +18,11 @@ from tokenizers import Tokenizer
 
 from bench.tiny import write_tiny_bert
 from trainer.vocab import train_wordpiece
-from worker.embed import TorchEncoder, load_encoder, token_batches
-from worker.model import (
-    BiLSTMEncoder,
-    BiLSTMParams,
-    Manifest,
-    ModelFormatError,
-    Thresholds,
-    UnsafeModelError,
-    check_model_dir,
-    from_sentence_transformer,
-    load_model_dir,
-    pad_batch,
-    save_model_dir,
-)
+from worker.model.directory import check_model_dir, load_model_dir, save_model_dir
+from worker.model.encode import TorchEncoder, load_encoder, token_batches
+from worker.model.manifest import BiLSTMParams, Manifest, ModelFormatError, Thresholds, UnsafeModelError
+from worker.model.modules import BiLSTMEncoder, pad_batch
+from worker.model.pretrained import from_sentence_transformer
 
 TEXTS = [
     "how do i learn python quickly",
@@ -266,7 +257,7 @@ def test_cuda_without_a_gpu_is_an_error(tmp_path: Path) -> None:
 @pytest.fixture(scope="session")
 def minilm_zero_shot(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from trainer.export import export_pretrained
-    from worker.model import default_base_model
+    from worker.model.pretrained import default_base_model
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = tmp_path_factory.mktemp("zero-shot") / "model"
@@ -300,7 +291,7 @@ def test_the_worker_bounds_the_cpu_kernel_cache_before_it_loads_the_model(
     # stream-sized batches grew the process by 800 MiB. It reads the capacity once, at its first
     # kernel, so the worker must set it before the model's first forward pass.
     from worker.__main__ import load_model
-    from worker.settings import ModelSettings, WorkerSettings
+    from worker.service.settings import ModelSettings, WorkerSettings
 
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     path = tiny_bilstm_dir(tmp_path / "m")[0]

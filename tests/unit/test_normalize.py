@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.normalize import normalize, text_hash
+from worker.core.normalize import normalize, text_hash
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.fakes import HashEncoder, MemoryIndex
-from worker.load import load_corpus
-from worker.scan import scan
+from worker.service.load import load_corpus
+from worker.service.scan import scan
 
 SPAM = "Buy cheap watches at our store today, best prices guaranteed!"
 CAT = "My cat refuses to eat anything except tuna from one specific brand."

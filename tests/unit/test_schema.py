@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.fakes import raw_record
-from worker.schema import (
+from worker.core.messages import (
     DeadLetterReason,
     Deletion,
     Document,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
-from worker.batch import BatchResult
-from worker.serve import Metrics, Readiness, StatusServer
+from worker.core.step import BatchResult
+from worker.service.status import Metrics, Readiness, StatusServer
 
 
 def get(port: int, path: str) -> tuple[int, str]:

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from worker.__main__ import kafka_options, load_settings
-from worker.settings import ENV_PREFIX, KafkaSettings, WorkerSettings, settings_markdown
+from worker.service.settings import ENV_PREFIX, KafkaSettings, WorkerSettings, settings_markdown
 
 SECRET = "hunter2-do-not-print"
 SASL = {

@@ -31,7 +31,7 @@ from trainer.train import (
     snapshot,
     train,
 )
-from worker.embed import TorchEncoder, embed_texts
+from worker.model.encode import TorchEncoder, embed_texts
 
 TOPICS = ["python", "pizza", "the moon", "taxes", "chess", "guitar", "running", "coffee", "a visa", "cats"]
 
@@ -197,7 +197,8 @@ def test_the_best_weights_are_a_copy_not_the_live_parameters() -> None:
 
 
 def test_length_chunked_forward_equals_one_padded_batch(tmp_path: Path) -> None:
-    from worker.model import from_sentence_transformer, pad_batch
+    from worker.model.modules import pad_batch
+    from worker.model.pretrained import from_sentence_transformer
 
     parts = from_sentence_transformer(tiny_sentence_transformer(tmp_path / "base"))
     texts = [f"how do i {'really ' * (i % 7)}learn {topic}" for i, topic in enumerate(TOPICS * 3)]

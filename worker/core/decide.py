@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-OrderKey = tuple[int, int]  # (ts, pos), as in worker.search; kept local so this module stays pure
+OrderKey = tuple[int, int]  # (ts, pos), as in worker.index.search; kept local so this module stays pure
 
 Stage = Literal["exact", "batch", "index"]
 SCORE_DECIMALS = 6

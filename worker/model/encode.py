@@ -100,9 +100,9 @@ def embed_texts(
 
     import torch
 
-    from worker.model import pad_batch
+    from worker.model.modules import output_dim, pad_batch
 
-    dim = _output_dim(module)
+    dim = output_dim(module)
     out = np.zeros((len(texts), dim), dtype=np.float32)
     if not texts:
         return out
@@ -119,17 +119,6 @@ def embed_texts(
                 vectors = module(input_ids.to(device), mask.to(device))
             out[batch] = vectors.float().cpu().numpy()
     return out
-
-
-def _output_dim(module: torch.nn.Module) -> int:
-    """The embedding width of one of ``worker.model``'s encoders."""
-    from worker.model import BiLSTMEncoder, TransformerEncoder
-
-    if isinstance(module, TransformerEncoder):
-        return int(module.bert.config.hidden_size)
-    if isinstance(module, BiLSTMEncoder):
-        return int(module.projection.out_features)
-    raise TypeError(f"not a twinflag encoder: {type(module).__name__}")
 
 
 class TorchEncoder:
@@ -151,7 +140,7 @@ class TorchEncoder:
     ) -> None:
         import torch
 
-        from worker.model import load_model_dir
+        from worker.model.directory import load_model_dir
 
         if max_batch_tokens < 1 or max_batch_size < 1:
             raise ValueError("max_batch_tokens and max_batch_size must be positive")

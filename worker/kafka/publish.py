@@ -13,7 +13,7 @@ a finished batch is committed, so one loop serves both delivery modes:
   failure aborts. After a failed abort it drops the producer; the next batch builds a fresh one, whose
   ``init_transactions`` fences the old one and (on Apache Kafka) aborts its open transaction.
 
-kafka-python is imported lazily: ``worker.batch`` imports this module and must stay free of Kafka.
+kafka-python is imported lazily: ``worker.core.step`` imports this module and must stay free of Kafka.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from worker.errors import BrokerUnavailableError, FatalError, RebalancedError, TwinflagError
+from worker.core.errors import BrokerUnavailableError, FatalError, RebalancedError, TwinflagError
 
 if TYPE_CHECKING:
-    from worker.consume import Offsets, Source
+    from worker.kafka.source import Offsets, Source
 
 
 class FlagPublisher(Protocol):
@@ -155,7 +155,7 @@ class TransactionalPublisher(KafkaPublisher):
             UnknownMemberIdError,
         )
 
-        from worker.consume import to_kafka
+        from worker.kafka.source import to_kafka
 
         producer, metadata = self._producer, source.group_metadata()
         try:

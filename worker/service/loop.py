@@ -4,7 +4,7 @@ Offsets are committed only after the batch's output is acknowledged and its inde
 (exactly-once: inside the producer's transaction), and always ``last_offset + 1``. So a crash anywhere
 replays at most the uncommitted batch, which republishes byte-identical flags keyed by document id.
 
-Failures follow ``worker.errors.policy``: an outage (broker, index) rewinds to the batch start, backs off
+Failures follow ``worker.core.errors.policy``: an outage (broker, index) rewinds to the batch start, backs off
 (bounded exponential), reports not-ready and retries by itself; a refused commit (the group moved on)
 drops the batch; anything else is logged with its traceback and re-raised without a commit, and the
 process exits non-zero. ``stop`` is checked between batches: a signal finishes the current batch.
@@ -16,14 +16,14 @@ import threading
 import time
 from dataclasses import dataclass
 
-from worker.batch import Record, StepConfig, run_batch
-from worker.consume import Source, first_offsets, next_offsets
-from worker.embed import Encoder
-from worker.errors import Action, BrokerUnavailableError, policy
-from worker.logs import get_logger
-from worker.publish import BatchPublisher
-from worker.search import VectorIndex
-from worker.serve import DeadLetterTally, Metrics, Readiness
+from worker.core.errors import Action, BrokerUnavailableError, policy
+from worker.core.logs import get_logger
+from worker.core.step import Record, StepConfig, run_batch
+from worker.index.search import VectorIndex
+from worker.kafka.publish import BatchPublisher
+from worker.kafka.source import Source, first_offsets, next_offsets
+from worker.model.encode import Encoder
+from worker.service.status import DeadLetterTally, Metrics, Readiness
 
 log = get_logger("loop")
 

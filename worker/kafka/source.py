@@ -2,7 +2,7 @@
 that the loop has not finished (published, flushed, indexed).
 
 ``Source`` is what the loop needs; ``KafkaSource`` wraps a ``kafka.KafkaConsumer`` and translates its
-failures into ``worker.errors`` (an outage is ``BrokerUnavailableError``, a group that moved on is
+failures into ``worker.core.errors`` (an outage is ``BrokerUnavailableError``, a group that moved on is
 ``RebalancedError``), so the loop never handles a kafka-python exception.
 
 Group membership and slow batches. kafka-python heartbeats from a background thread, so a long batch
@@ -34,9 +34,9 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata
 
-from worker.batch import Record
-from worker.errors import BrokerUnavailableError, RebalancedError
-from worker.logs import get_logger
+from worker.core.errors import BrokerUnavailableError, RebalancedError
+from worker.core.logs import get_logger
+from worker.core.step import Record
 
 Partition = tuple[str, int]
 """(topic, partition); ``kafka.TopicPartition`` is a namedtuple of the same shape."""

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worker.decide import (
+from worker.core.decide import (
     Candidate,
     Stage,
     Verdict,
@@ -50,11 +50,8 @@ from worker.decide import (
     similarities,
     visibility,
 )
-from worker.decide import top_k as merge_top_k
-from worker.embed import Encoder
-from worker.normalize import text_hash
-from worker.publish import FlagPublisher
-from worker.schema import (
+from worker.core.decide import top_k as merge_top_k
+from worker.core.messages import (
     DeadLetter,
     DeadLetterReason,
     Decision,
@@ -69,7 +66,10 @@ from worker.schema import (
     parse_record,
     timestamp_iso,
 )
-from worker.search import HashQuery, IndexPoint, Neighbour, OrderKey, Query, StoredVector, VectorIndex
+from worker.core.normalize import text_hash
+from worker.index.search import HashQuery, IndexPoint, Neighbour, OrderKey, Query, StoredVector, VectorIndex
+from worker.kafka.publish import FlagPublisher
+from worker.model.encode import Encoder
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.batch import Record
-from worker.embed import Encoder
-from worker.logs import get_logger
-from worker.normalize import text_hash
-from worker.scan import jsonl_records, progress_bar
-from worker.schema import DEFAULT_MAX_ID_CHARS, DeadLetterReason, Deletion, Document, parse_record
-from worker.search import IndexPoint, VectorIndex
+from worker.core.logs import get_logger
+from worker.core.messages import DEFAULT_MAX_ID_CHARS, DeadLetterReason, Deletion, Document, parse_record
+from worker.core.normalize import text_hash
+from worker.core.step import Record
+from worker.index.search import IndexPoint, VectorIndex
+from worker.model.encode import Encoder
+from worker.service.scan import jsonl_records, progress_bar
 
 CORPUS_PARTITION = 0
 log = get_logger("load")

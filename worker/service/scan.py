@@ -19,11 +19,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from worker.batch import Record, StepConfig, run_batch
-from worker.embed import Encoder
-from worker.logs import get_logger
-from worker.schema import DeadLetter, Decision
-from worker.search import VectorIndex
+from worker.core.logs import get_logger
+from worker.core.messages import DeadLetter, Decision
+from worker.core.step import Record, StepConfig, run_batch
+from worker.index.search import VectorIndex
+from worker.model.encode import Encoder
 
 SCAN_PARTITION = 1
 log = get_logger("scan")

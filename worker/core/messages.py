@@ -32,11 +32,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from worker.decide import Stage, round_score
-from worker.normalize import normalize
+from worker.core.decide import Stage, round_score
+from worker.core.normalize import normalize
 
 if TYPE_CHECKING:  # batch imports this module; the record type is only needed for annotations
-    from worker.batch import Record
+    from worker.core.step import Record
 
 DEFAULT_MAX_ID_CHARS = 256
 MAX_TENANT_CHARS = 256
@@ -87,7 +87,7 @@ class Document(BaseModel):
 
     @cached_property
     def normalized_text(self) -> str:
-        """What the content hash is taken over (``worker.normalize``); computed once per document."""
+        """What the content hash is taken over (``worker.core.normalize``); computed once per document."""
         return normalize(self.text)
 
     @field_validator("created_at", mode="before")

@@ -56,7 +56,7 @@ return the server has applied them and written them to its WAL, so the next batc
 ``flush()`` has nothing left to do. The model version lives in the collection's ``metadata`` (Qdrant
 >= 1.16): it travels with the collection (snapshots, migrations) without a reserved point that every
 search would have to filter out, or an alias that could be repointed under us. Outages surface as
-``worker.errors.IndexUnavailableError`` so the loop backs off.
+``worker.core.errors.IndexUnavailableError`` so the loop backs off.
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import qdrant_edge as qe
 
-from worker.errors import IndexUnavailableError
-from worker.logs import get_logger
+from worker.core.errors import IndexUnavailableError
+from worker.core.logs import get_logger
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient, models
@@ -99,7 +99,7 @@ class IndexPoint:
     """What the index stores per document (payload: id, tenant, text_hash, created_at, model, ts, pos,
     decision).
 
-    ``decision`` is the document's first decision (JSON, written by ``worker.batch``): a replay
+    ``decision`` is the document's first decision (JSON, written by ``worker.core.step``): a replay
     republishes it unchanged, whatever the batch boundaries or the documents read since.
     """
 
@@ -786,7 +786,7 @@ class EdgeIndex:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Qdrant server (qdrant-client). The client is imported lazily: ``worker.batch`` imports this module
+# Qdrant server (qdrant-client). The client is imported lazily: ``worker.core.step`` imports this module
 # for the protocol and must not pay for (or depend on) qdrant_client.
 
 

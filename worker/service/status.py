@@ -24,8 +24,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from worker.batch import BatchResult
-from worker.publish import FlagPublisher
+from worker.core.step import BatchResult
+from worker.kafka.publish import FlagPublisher
 
 
 class Metrics:

