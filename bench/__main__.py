@@ -120,8 +120,8 @@ def ensure_zero_shot(path: Path, data_dir: Path) -> None:
     when the pair data is there, as ``python -m trainer export --dev`` would."""
     if (path / "manifest.json").is_file():
         return
-    from trainer.__main__ import find_pair_files
     from trainer.export import export_pretrained
+    from trainer.recipes import find_pair_files
     from worker.model.pretrained import default_base_model
 
     dev = find_pair_files(data_dir)[1] if data_dir.is_dir() else None

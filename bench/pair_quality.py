@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from bench.baselines import (
+from bench.stream_quality import models_to_compare
+from bench.throughput import ROOT
+from devkit.baselines import (
     char_jaccard,
     minhash_estimate,
     minhash_params,
@@ -26,8 +28,6 @@ from bench.baselines import (
     shingles,
     tfidf_scores,
 )
-from bench.stream_quality import models_to_compare
-from bench.throughput import ROOT
 
 DATA = ROOT.parent / "shared" / "data"
 DATASETS = {"qqp": DATA / "qqp" / "dev.tsv", "paws": DATA / "paws" / "dev.tsv"}
@@ -36,8 +36,9 @@ DATASETS = {"qqp": DATA / "qqp" / "dev.tsv", "paws": DATA / "paws" / "dev.tsv"}
 def untrained_part(path: Path) -> Callable[[str], bool] | None:
     """For the dev file the default recipe trains half of: which rows (by ``text_a``) it never trained
     on. None for any other file: all of it is untouched."""
-    from trainer.__main__ import DEV_TRAIN_SPLIT, find_pair_files
-    from trainer.data import Pair, is_held_out
+    from trainer.data import Pair
+    from trainer.recipes import DEV_TRAIN_SPLIT, find_pair_files
+    from trainer.splits import is_held_out
 
     if not DATA.is_dir() or find_pair_files(DATA)[1] != path:
         return None

@@ -31,15 +31,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.baselines import char_jaccard
 from bench.report import machine, provenance
 from bench.stream_quality import BILSTM
-from trainer.__main__ import DEV_TRAIN_SPLIT, default_settings, find_pair_files
-from trainer.data import Pair, read_pairs, sample_pairs, split_dev, split_holdout
+from devkit.baselines import char_jaccard
+from trainer.data import Pair, read_pairs
 from trainer.evaluate import average_precision, score_pairs
 from trainer.export import export_pretrained
-from trainer.losses import DEFAULT_MARGINS, LOSSES
+from trainer.losses import LOSSES
+from trainer.recipes import DEV_TRAIN_SPLIT, default_settings, find_pair_files
 from trainer.settings import TrainSettings
+from trainer.splits import sample_pairs, split_dev, split_holdout
 from trainer.train import train
 from worker.model.encode import TorchEncoder
 from worker.model.pretrained import default_base_model
@@ -154,7 +155,7 @@ def loss_runs(
         rows.append(
             {
                 "loss": loss,
-                "settings": f"{changed}; margin/scale {DEFAULT_MARGINS[loss]}, lr {lr:g}, batch "
+                "settings": f"{changed}; margin/scale {LOSSES[loss].margin}, lr {lr:g}, batch "
                 f"{settings.batch_size}, {settings.hard_negatives} hard neg/row",
                 "steps": steps,
                 "average_precision": aps,

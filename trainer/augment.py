@@ -1,8 +1,9 @@
 """Spam-style edits: what a reposter does to slip past an exact-match filter.
 
-Used as an optional extra positive in training (``text`` ~ ``spam_edit(text)``), so the encoder learns
-that typos, casing, emoji, links, homoglyphs, zero-width characters and a dropped word do not make a
-new post. Pure functions of the text and a seeded ``random.Random``.
+Used as an optional extra positive in training (``text`` ~ ``spam_edit(text)``, added to a batch by
+``augment_batch``), so the encoder learns that typos, casing, emoji, links, homoglyphs, zero-width
+characters and a dropped word do not make a new post. Pure functions of the text (or the batch) and a
+seeded ``random.Random``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import random
 import string
 from collections.abc import Callable
+
+from trainer.batches import Batch
 
 # Latin letters and Cyrillic/Greek look-alikes a spammer swaps in.
 HOMOGLYPHS = {
@@ -96,3 +99,22 @@ def spam_edit(text: str, rng: random.Random, max_edits: int = 3) -> str:
     for edit in rng.sample(EDITS, rng.randint(1, max_edits)):
         text = edit(text, rng)
     return text
+
+
+def augment_batch(batch: Batch, fraction: float, rng: random.Random) -> Batch:
+    """Add rows ``anchor ~ spam_edit(anchor)`` for about ``fraction`` of the rows (same cluster)."""
+    if fraction <= 0:
+        return batch
+    rows = len(batch.anchors)
+    chosen = [i for i in range(rows) if rng.random() < fraction]
+    if not chosen:
+        return batch
+    anchors = batch.anchors + [batch.anchors[i] for i in chosen]
+    edited = [spam_edit(batch.anchors[i], rng) for i in chosen]
+    clusters = batch.anchor_clusters + [batch.anchor_clusters[i] for i in chosen]
+    return Batch(
+        anchors=anchors,
+        candidates=batch.candidates[:rows] + edited + batch.candidates[rows:],
+        anchor_clusters=clusters,
+        candidate_clusters=clusters + batch.candidate_clusters[rows:],
+    )

@@ -1,10 +1,12 @@
-"""Pair scores + labels → named metrics, and the threshold to ship. Pure numpy, no model in sight.
+"""Pair scores + labels → named metrics, the threshold to ship and the manifest's ``Thresholds``. No model.
 
 A pair is called a duplicate when its score is **≥** the threshold (the worker's rule). Average
 precision is the primary metric: it summarises the whole precision–recall curve, does not depend on a
-threshold, and stays meaningful when duplicates are rare. Definitions follow scikit-learn's (AP as
-the step-wise sum ``Σ (R_k − R_{k−1}) P_k`` over distinct thresholds; ROC-AUC with ties counted half),
-so figures are comparable with published ones.
+threshold, and stays meaningful when duplicates are rare. AP and ROC-AUC are scikit-learn's (AP as the
+step-wise sum ``Σ (R_k − R_{k−1}) P_k`` over distinct thresholds; ROC-AUC with ties counted half), so
+figures are comparable with published ones. The operating points (``pr_curve``) and the threshold
+choice are our own, on the same curve: tied scores move together, and the threshold must keep its
+promise of precision or say that it cannot.
 """
 
 from __future__ import annotations
@@ -14,8 +16,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from worker.core.logs import get_logger
+from worker.model.manifest import Thresholds
+
+log = get_logger("trainer")
 
 PRIMARY_METRIC = "average_precision"
+DEFAULT_THRESHOLD = 0.8  # shipped only when there are no labelled pairs kept out of training
 
 
 def _check(scores: ArrayLike, labels: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
@@ -49,25 +58,15 @@ def pr_curve(
 
 
 def average_precision(scores: ArrayLike, labels: ArrayLike) -> float:
-    """Σ (R_k − R_{k−1}) P_k over distinct thresholds (scikit-learn's definition, no interpolation)."""
-    precision, recall, _ = pr_curve(scores, labels)
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    """Σ (R_k − R_{k−1}) P_k over distinct thresholds (scikit-learn's, no interpolation)."""
+    s, y = _check(scores, labels)
+    return float(average_precision_score(y, s))
 
 
 def roc_auc(scores: ArrayLike, labels: ArrayLike) -> float:
     """Probability that a random duplicate outscores a random non-duplicate (ties count half)."""
     s, y = _check(scores, labels)
-    order = np.argsort(s, kind="stable")
-    ranks = np.empty(s.size, dtype=np.float64)
-    sorted_s = s[order]
-    # Average rank over ties: each run of equal scores gets the mean of its 1-based positions.
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_s)) + 1]
-    ends = np.r_[starts[1:], s.size]
-    mean_rank = (starts + ends + 1) / 2.0
-    ranks[order] = np.repeat(mean_rank, ends - starts)
-    positives = float(y.sum())
-    negatives = float(y.size - positives)
-    return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+    return float(roc_auc_score(y, s))
 
 
 def best_f1(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
@@ -145,6 +144,26 @@ def evaluate_scores(scores: ArrayLike, labels: ArrayLike) -> Metrics:
         pairs=int(s.size),
         duplicates=int(y.sum()),
     )
+
+
+def calibrate(
+    scores: ArrayLike, labels: Sequence[int], target_precision: float, name: str
+) -> tuple[Thresholds, Metrics]:
+    """The manifest's thresholds from scores of pairs never trained on: the target-precision one decides."""
+    metrics = evaluate_scores(scores, labels)
+    choice = choose_threshold(scores, labels, target_precision)
+    if not choice.met:
+        log.warning("target_precision_not_reached", target=target_precision, precision=choice.precision)
+    thresholds = Thresholds(
+        decision=round(choice.threshold, 6),
+        target_precision=target_precision,
+        precision=choice.precision,
+        recall=choice.recall,
+        best_f1=metrics.best_f1,
+        best_f1_threshold=metrics.best_f1_threshold,
+        calibrated_on=name,
+    )
+    return thresholds, metrics
 
 
 def score_pairs(

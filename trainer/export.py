@@ -9,13 +9,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from trainer.data import read_pairs, sample_pairs
-from trainer.train import DEFAULT_THRESHOLD, calibrate, code_version
+from trainer.card import ZERO_SHOT, model_card
+from trainer.data import read_pairs
+from trainer.evaluate import DEFAULT_THRESHOLD, calibrate, score_pairs
+from trainer.splits import sample_pairs
 from worker.core.logs import get_logger
 from worker.model.directory import save_model_dir
 from worker.model.encode import embed_texts, pick_device
-from worker.model.manifest import CONFIG_FILE, Manifest, Thresholds
+from worker.model.manifest import CONFIG_FILE, DataFingerprint, Manifest, Thresholds
 from worker.model.pretrained import from_sentence_transformer
+from worker.model.tokenizer import pad_token_id
 
 log = get_logger("trainer.export")
 
@@ -31,13 +34,12 @@ def export_pretrained(
     seed: int = 0,
 ) -> Manifest:
     """Write ``out`` from the sentence-transformers directory ``source``; calibrate on ``dev`` if given."""
-    from trainer.evaluate import score_pairs
-
     tick = time.monotonic()
     parts = from_sentence_transformer(source)
+    pad_id = pad_token_id(parts.tokenizer)
     thresholds = Thresholds(decision=DEFAULT_THRESHOLD)
     dev_metrics: dict[str, float] = {}
-    dev_data = None
+    dev_data: DataFingerprint | None = None
     if dev is not None:
         pairs, report = read_pairs(dev)
         pairs = sample_pairs(pairs, dev_max_pairs, seed + 1)
@@ -45,7 +47,7 @@ def export_pretrained(
         target = pick_device(device)
         module = parts.module.to(target)
         scores = score_pairs(
-            lambda texts: embed_texts(module, parts.tokenizer, texts, pad_token_id=0, device=target),
+            lambda texts: embed_texts(module, parts.tokenizer, texts, pad_token_id=pad_id, device=target),
             [p.text_a for p in pairs],
             [p.text_b for p in pairs],
         )
@@ -53,24 +55,22 @@ def export_pretrained(
         thresholds, metrics = calibrate(scores, [p.label for p in pairs], target_precision, Path(dev).name)
         dev_metrics = metrics.as_dict()
     else:
-        log.warning("no dev set: shipping the uncalibrated default threshold", threshold=DEFAULT_THRESHOLD)
-    manifest = Manifest(
+        log.warning("uncalibrated_default_threshold", reason="no dev set", threshold=DEFAULT_THRESHOLD)
+    manifest = model_card(
         architecture="transformer",
-        hyperparameters=parts.params,
+        params=parts.params,
         dim=parts.params.hidden_size,
         max_tokens=parts.max_tokens,
-        pooling="mean",
-        pad_token_id=0,
+        tokenizer=parts.tokenizer,
         thresholds=thresholds,
         base_model=parts.base_model,
         dev_data=dev_data,
         dev_metrics=dev_metrics,
-        training={"recipe": "zero-shot export, no training"},
-        code_version=code_version(),
+        training=ZERO_SHOT,
     )
     final = save_model_dir(out, manifest, parts.module, parts.tokenizer, {CONFIG_FILE: parts.config_json})
     log.info(
-        "model exported",
+        "model_exported",
         out=str(out),
         version=final.version,
         threshold=thresholds.decision,

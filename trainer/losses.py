@@ -9,8 +9,9 @@ Every triplet-style loss here takes the same four things, so they can be swapped
   It comes from ``negative_mask(anchor_clusters, candidate_clusters)``: texts of one duplicate
   cluster (A~B, B~C) are never negatives of each other, which also drops row i's own positive.
 
-``pair_ranking_loss`` is the exception: it takes the cosines of labelled pairs and their labels, and is
-added to the batch loss rather than chosen instead of it.
+``LOSSES`` registers them by name, each with its default margin and its source. ``pair_ranking_loss``
+is the exception: it takes the cosines of labelled pairs and their labels, and is added to the batch
+loss rather than chosen instead of it.
 
 Anchors without any negative in the mask contribute nothing (they are not averaged in). Similarities
 are cosines (dot products of unit vectors); the Euclidean loss works on squared distances, which for
@@ -20,6 +21,7 @@ unit vectors are ``2 − 2·cos``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
@@ -161,12 +163,64 @@ def pair_ranking_loss(scores: torch.Tensor, labels: torch.Tensor, scale: float =
 
 BatchLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
 
-# Name → loss over a batch laid out as above. The float is the margin (the scale, for ``mnr``).
-LOSSES: dict[str, BatchLoss] = {
-    "triplet": cosine_triplet_loss,
-    "batch_hard": batch_hard_triplet_loss,
-    "euclidean": euclidean_triplet_loss,
-    "contrastive": contrastive_batch_loss,
-    "mnr": multiple_negatives_ranking_loss,
+
+@dataclass(frozen=True)
+class Loss:
+    """One batch loss by name: its function, its default margin (the scale, for ``mnr``), its source."""
+
+    name: str
+    function: BatchLoss
+    margin: float
+    citation: str
+
+    def __call__(
+        self,
+        anchor: torch.Tensor,
+        positive: torch.Tensor,
+        negatives: torch.Tensor,
+        negative_mask: torch.Tensor,
+        margin: float,
+    ) -> torch.Tensor:
+        return self.function(anchor, positive, negatives, negative_mask, margin)
+
+
+# The registry: ``TrainSettings.loss`` is checked against these names, ``--margin`` defaults to theirs.
+LOSSES: dict[str, Loss] = {
+    loss.name: loss
+    for loss in (
+        Loss(
+            "triplet",
+            cosine_triplet_loss,
+            0.25,
+            "Schroff, Kalenichenko & Philbin, FaceNet (CVPR 2015): the triplet loss, here on cosines, with "
+            "a mean-negative term and FaceNet's semi-hard negative (the closest one below the positive)",
+        ),
+        Loss(
+            "batch_hard",
+            batch_hard_triplet_loss,
+            0.25,
+            "Hermans, Beyer & Leibe, In Defense of the Triplet Loss for Person Re-Identification "
+            "(arXiv:1703.07737, 2017): batch-hard, on cosines",
+        ),
+        Loss(
+            "euclidean",
+            euclidean_triplet_loss,
+            0.2,
+            "Schroff, Kalenichenko & Philbin, FaceNet (CVPR 2015): squared Euclidean distances",
+        ),
+        Loss(
+            "contrastive",
+            contrastive_batch_loss,
+            0.7,
+            "Hadsell, Chopra & LeCun, Dimensionality Reduction by Learning an Invariant Mapping "
+            "(CVPR 2006), on each batch's hardest negative pairs",
+        ),
+        Loss(
+            "mnr",
+            multiple_negatives_ranking_loss,
+            20.0,
+            "Henderson et al., Efficient Natural Language Response Suggestion for Smart Reply "
+            "(arXiv:1705.00652, 2017); sentence-transformers' MultipleNegativesRankingLoss",
+        ),
+    )
 }
-DEFAULT_MARGINS = {"triplet": 0.25, "batch_hard": 0.25, "euclidean": 0.2, "contrastive": 0.7, "mnr": 20.0}

@@ -8,22 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.data import (
-    DataError,
-    Pair,
-    build_training_set,
-    clusters_of,
-    group_by_source,
-    labelled_pools,
-    load_pairs,
-    make_batches,
-    read_pairs,
-    read_rows,
-    split_dev,
-    split_holdout,
-    split_selection,
-)
+from trainer.batches import build_training_set, clusters_of, group_by_source, labelled_pools, make_batches
+from trainer.data import DataError, Pair, load_pairs, read_pairs, read_rows
 from trainer.losses import negative_mask
+from trainer.splits import split_dev, split_holdout, split_selection
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

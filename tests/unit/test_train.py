@@ -18,19 +18,17 @@ from structlog.testing import capture_logs
 
 import trainer.train as train_module
 from tests.unit.test_model import tiny_sentence_transformer
-from trainer.__main__ import find_pair_files, main, parser, train_settings
 from trainer.augment import EDITS, drop_word, spam_edit
+from trainer.batches import pair_batch_for
+from trainer.checkpoint import snapshot
+from trainer.cli import main, parser, train_settings
 from trainer.data import Pair
+from trainer.evaluate import DEFAULT_THRESHOLD
+from trainer.recipes import find_pair_files
+from trainer.schedule import epoch_examples, lr_at
 from trainer.settings import TrainSettings
-from trainer.train import (
-    DEFAULT_THRESHOLD,
-    epoch_examples,
-    forward_by_length,
-    lr_at,
-    pair_batch_for,
-    snapshot,
-    train,
-)
+from trainer.step import forward_by_length
+from trainer.train import train
 from worker.model.encode import TorchEncoder, embed_texts
 
 TOPICS = ["python", "pizza", "the moon", "taxes", "chess", "guitar", "running", "coffee", "a visa", "cats"]
@@ -53,7 +51,7 @@ def write_pairs(path: Path, seed: int, dev: bool = False) -> Path:
 @pytest.fixture(autouse=True)
 def _logs_stay_unconfigured(monkeypatch: pytest.MonkeyPatch) -> None:
     """``main`` would bind structlog to this test's captured stderr for the rest of the session."""
-    monkeypatch.setattr("trainer.__main__.configure", lambda *_args, **_kwargs: None)
+    monkeypatch.setattr("trainer.cli.configure", lambda *_args, **_kwargs: None)
 
 
 @pytest.fixture
@@ -248,7 +246,7 @@ def test_cli_score_prints_one_line_per_pair_and_evaluate_json(
     capsys.readouterr()  # the training logs above (structlog prints to stdout until configured)
     with capture_logs() as logs:
         assert main(["score", "--model", str(model), "--pairs", str(pairs), "--device", "cpu"]) == 0
-    assert [e["bad"] for e in logs if e["event"] == "unreadable rows scored nan"] == [{"broken_quoting": 1}]
+    assert [e["bad"] for e in logs if e["event"] == "unreadable_rows_scored_nan"] == [{"broken_quoting": 1}]
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4
     assert lines[2] == "nan"

@@ -1,0 +1,161 @@
+"""``python -m trainer {train,evaluate,score,export,default}``: the command line, and ``main``.
+
+stdout carries results only (metrics, scores); logs and progress go to stderr. Exit status 2 for bad
+input (a missing or unreadable file, a refused model directory, a setting out of range), 1 for
+anything unexpected. The ``train`` flags are generated from ``TrainSettings`` (a flag wins over its
+``TWINFLAG_TRAIN_*`` variable, which wins over the default). Torch is imported only once a command
+runs, so ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic_settings import CliSettingsSource
+
+from trainer.data import DataError
+from trainer.recipes import DEFAULT_DATA_DIR
+from trainer.settings import TrainSettings
+from worker.core.logs import configure, get_logger
+from worker.model.manifest import ModelFormatError
+
+DEVICES = ["auto", "cpu", "cuda"]
+
+
+def add_train_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``train``: one flag per ``TrainSettings`` field (``--batch-size``, ``--bilstm.dim``...), generated
+    by pydantic-settings, whose source ``train_settings`` reads them back with. Booleans are toggles
+    (``--resume``, ``--no-mine``)."""
+    # conflict_handler="resolve": the hand-written flags below replace the generated ones they name
+    train = sub.add_parser("train", help="train a twin encoder on pair files", conflict_handler="resolve")
+    source = CliSettingsSource[argparse.ArgumentParser](
+        TrainSettings, root_parser=train, cli_kebab_case=True, cli_implicit_flags="toggle"
+    )
+    # Written by hand where the generated flag would break a spelling in use: several files after one
+    # flag (generated, it takes one value: ``--train a --train b`` or ``--train a,b``) ...
+    train.add_argument(
+        "--train",
+        nargs="+",
+        action="extend",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help=TrainSettings.model_fields["train"].description,
+    )
+    # ... and a name that says what turning batch_by_source off does (generated: --no-batch-by-source).
+    train.add_argument(
+        "--mixed-batches",
+        "--no-batch-by-source",
+        dest="batch_by_source",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="Fill batches from all training files (default: one file per batch).",
+    )
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(settings_source=source)
+
+
+def train_settings(args: argparse.Namespace) -> TrainSettings:
+    """The command line over the environment (``TWINFLAG_TRAIN_*``) over the defaults."""
+    given = {k: v for k, v in vars(args).items() if k.split(".")[0] in TrainSettings.model_fields}
+    if "train" in given:  # as JSON: a list of strings would be split again at commas in file names
+        given["train"] = json.dumps(given["train"])
+    source: CliSettingsSource[argparse.ArgumentParser] = args.settings_source
+    # BaseSettings.__init__ takes the source; mypy, without pydantic's plugin, sees only the fields
+    return TrainSettings(_cli_settings_source=source(parsed_args=given))  # type: ignore[call-arg]
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
+    root.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = root.add_subparsers(dest="command", required=True)
+
+    add_train_command(sub)
+
+    for name, helptext in (
+        ("evaluate", "metrics of a model on labelled pairs"),
+        ("score", "one similarity per pair on stdout"),
+    ):
+        command = sub.add_parser(name, help=helptext)
+        command.add_argument("--model", type=Path, required=True, help="model directory")
+        command.add_argument("--pairs", type=Path, required=True, help="pair file (label optional for score)")
+        command.add_argument("--device", default="auto", choices=DEVICES)
+    evaluate = sub.choices["evaluate"]
+    evaluate.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    evaluate.add_argument("--report", type=Path, help="write report.md and PNG plots into this directory")
+    evaluate.add_argument("--max-pairs", type=int, help="evaluate on a fixed random subset")
+    evaluate.add_argument("--target-precision", type=float, default=0.95)
+
+    export = sub.add_parser("export", help="sentence-transformers directory → model directory (no training)")
+    export.add_argument("--from-pretrained", type=Path, required=True, help="sentence-transformers directory")
+    export.add_argument("--out", type=Path, required=True, help="model directory to write")
+    export.add_argument("--dev", type=Path, help="calibrate the threshold on these pairs")
+    export.add_argument("--dev-max-pairs", type=int, help="calibrate on a fixed random subset (speed)")
+    export.add_argument("--target-precision", type=float, default=0.95)
+    export.add_argument("--device", default="auto", choices=DEVICES)
+
+    default = sub.add_parser("default", help="build models/default: fine-tune on a data directory")
+    default.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="pair files (default ../shared/data)"
+    )
+    default.add_argument("--out", type=Path, default=Path("models/default"))
+    default.add_argument(
+        "--budget-minutes", type=float, default=28.0, help="wall-clock budget for the whole build"
+    )
+    default.add_argument("--device", default="auto", choices=DEVICES)
+    default.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return root
+
+
+def run(args: argparse.Namespace) -> None:
+    """Do what the parsed command line asks (``trainer.commands``)."""
+    from trainer import commands  # torch and the model code load here, after parsing
+
+    match args.command:
+        case "train":
+            commands.run_train(train_settings(args), progress=not args.no_progress)
+        case "evaluate":
+            commands.run_evaluate(
+                args.model,
+                args.pairs,
+                device=args.device,
+                max_pairs=args.max_pairs,
+                as_json=args.json,
+                report=args.report,
+                target_precision=args.target_precision,
+            )
+        case "score":
+            commands.run_score(args.model, args.pairs, device=args.device)
+        case "export":
+            commands.run_export(
+                args.from_pretrained,
+                args.out,
+                args.dev,
+                target_precision=args.target_precision,
+                dev_max_pairs=args.dev_max_pairs,
+                device=args.device,
+            )
+        case "default":
+            commands.run_default(
+                args.data_dir,
+                args.out,
+                args.budget_minutes,
+                device=args.device,
+                progress=not args.no_progress,
+            )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network: models come from disk
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = parser().parse_args(argv)
+    configure(args.log_level)
+    try:
+        run(args)
+    except (DataError, ModelFormatError, FileNotFoundError, ValueError) as error:
+        get_logger("trainer").error("refused", error=str(error))
+        return 2
+    return 0

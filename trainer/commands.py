@@ -1,0 +1,109 @@
+"""What each subcommand of ``python -m trainer`` does, given its parsed arguments (``trainer.cli``).
+
+Results go to stdout (metrics, scores), logs to stderr. A command either finishes or raises; the
+command line turns bad input into exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from trainer.data import Pair, read_pairs, read_rows
+from trainer.evaluate import evaluate_scores, score_pairs
+from trainer.export import export_pretrained
+from trainer.recipes import build_default
+from trainer.report import write_report
+from trainer.settings import TrainSettings
+from trainer.splits import sample_pairs
+from trainer.train import train
+from worker.core.logs import get_logger
+from worker.model.encode import TorchEncoder, load_encoder
+
+log = get_logger("trainer")
+
+
+def run_train(settings: TrainSettings, *, progress: bool) -> None:
+    train(settings, progress=progress)
+
+
+def run_default(data_dir: Path, out: Path, budget_minutes: float, *, device: str, progress: bool) -> None:
+    build_default(data_dir, out, budget_minutes * 60.0, device=device, progress=progress)
+
+
+def run_export(
+    source: Path,
+    out: Path,
+    dev: Path | None,
+    *,
+    target_precision: float,
+    dev_max_pairs: int | None,
+    device: str,
+) -> None:
+    export_pretrained(
+        source, out, dev, target_precision=target_precision, dev_max_pairs=dev_max_pairs, device=device
+    )
+
+
+def _encoder_scores(
+    model: Path, pairs_file: Path, device: str, max_pairs: int | None
+) -> tuple[TorchEncoder, list[Pair], NDArray[np.float64]]:
+    encoder = load_encoder(model, device)
+    pairs, report = read_pairs(pairs_file)
+    if report.bad_rows:
+        log.warning("bad_rows_skipped", file=report.name, bad=dict(report.bad))
+    pairs = sample_pairs(pairs, max_pairs)
+    scores = score_pairs(encoder.embed, [p.text_a for p in pairs], [p.text_b for p in pairs])
+    return encoder, pairs, scores
+
+
+def run_evaluate(
+    model: Path,
+    pairs_file: Path,
+    *,
+    device: str,
+    max_pairs: int | None,
+    as_json: bool,
+    report: Path | None,
+    target_precision: float,
+) -> None:
+    """Metrics of a model on labelled pairs: a table, or one JSON object; a report page on request."""
+    encoder, pairs, scores = _encoder_scores(model, pairs_file, device, max_pairs)
+    labels = [p.label for p in pairs]
+    metrics = evaluate_scores(scores, labels)
+    if report is not None:
+        write_report(
+            report,
+            scores,
+            labels,
+            metrics,
+            title=f"{encoder.version} on {pairs_file.name}",
+            threshold=encoder.threshold,
+            target_precision=target_precision,
+        )
+    if as_json:
+        print(json.dumps({"model": encoder.version, "pairs_file": str(pairs_file), **metrics.as_dict()}))
+    else:
+        print(f"model {encoder.version} on {pairs_file}")
+        print(f"  pairs (duplicates)           {metrics.pairs} ({metrics.duplicates})")
+        print(f"  average precision (primary)  {metrics.average_precision:.4f}")
+        print(f"  ROC-AUC                      {metrics.roc_auc:.4f}")
+        print(f"  best F1                      {metrics.best_f1:.4f}")
+        print(f"  best F1 threshold            {metrics.best_f1_threshold:.4f}")
+        print(f"  recall at precision 0.90     {metrics.recall_at_p90:.4f}")
+        print(f"  recall at precision 0.99     {metrics.recall_at_p99:.4f}")
+
+
+def run_score(model: Path, pairs_file: Path, *, device: str) -> None:
+    """One similarity per data row, in input order; ``nan`` for a row that cannot be read (logged)."""
+    encoder = load_encoder(model, device)
+    rows, report = read_rows(pairs_file, allow_empty=True)
+    if report.bad_rows:
+        log.warning("unreadable_rows_scored_nan", file=report.name, bad=dict(report.bad))
+    good = [row for row in rows if row is not None]
+    scores = iter(score_pairs(encoder.embed, [p.text_a for p in good], [p.text_b for p in good]).tolist())
+    sys.stdout.write("".join("nan\n" if row is None else f"{next(scores):.6f}\n" for row in rows))
