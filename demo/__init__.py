@@ -1,1 +1,1 @@
-"""twinflag's demo: the project's own repost stream (``demo.posts``) and the ``make demo`` driver."""
+"""twinflag's demo: the project's own repost stream (from ``devkit.posts``) and the ``make demo`` driver."""

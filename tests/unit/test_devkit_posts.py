@@ -1,4 +1,4 @@
-"""The demo stream (``demo/posts.py``): deterministic, well-ordered, truthful; and the metric scoring it."""
+"""The demo stream (``devkit/posts``): deterministic, well-ordered, truthful; and the metric scoring it."""
 
 from __future__ import annotations
 
@@ -11,16 +11,18 @@ from typing import cast
 
 import pytest
 
-from demo import posts as demo
-from demo.posts import (
+from devkit import posts as demo
+from devkit.posts import (
     DUPLICATE_KINDS,
     KINDS,
     PostRecord,
     Stream,
     TruthRecord,
+    edits,
     generate,
     precision_recall,
     spam_edit,
+    templates,
 )
 from worker.core.normalize import normalize, text_hash
 
@@ -58,7 +60,7 @@ def test_committed_files_are_what_the_generator_writes(tmp_path: Path) -> None:
     demo.write_stream(generate(), tmp_path)
     for name in (demo.POSTS_FILE, demo.TRUTH_FILE):
         assert (tmp_path / name).read_bytes() == (ROOT / "demo" / name).read_bytes(), (
-            f"demo/{name} is stale: run `python -m demo.posts`"
+            f"demo/{name} is stale: run `python -m devkit.posts`"
         )
 
 
@@ -147,7 +149,7 @@ def test_rewrites_and_edits_differ_from_their_original(committed: Stream) -> Non
 
 
 def test_spam_edit_changes_the_text_but_never_a_number_or_a_negation() -> None:
-    latin = {glyph: letter for letter, glyphs in demo._HOMOGLYPHS.items() for glyph in glyphs}
+    latin = {glyph: letter for letter, glyphs in edits._HOMOGLYPHS.items() for glyph in glyphs}
     original = "Selling my road bike, like new, for $1,250. Pickup near Leeds station, not negotiable."
     for seed in range(300):
         edited = spam_edit(random.Random(seed), original)
@@ -159,16 +161,16 @@ def test_spam_edit_changes_the_text_but_never_a_number_or_a_negation() -> None:
 
 def test_templates_are_checked() -> None:
     with pytest.raises(ValueError, match="same slots"):
-        demo._parse_piece("t", "one {day} | other {city}")
+        templates._parse_piece("t", "one {day} | other {city}")
     with pytest.raises(ValueError, match="two or more forms"):
-        demo._parse_piece("t", "only one form on {day}")
+        templates._parse_piece("t", "only one form on {day}")
     with pytest.raises(ValueError, match="unknown slots"):
-        demo._parse_piece("t", "a {nonsense} | b {nonsense}")
+        templates._parse_piece("t", "a {nonsense} | b {nonsense}")
 
 
 def test_cli_writes_a_stream(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "demo.posts", "--n", "40", "--seed", "3", "--out", str(tmp_path)],
+        [sys.executable, "-m", "devkit.posts", "--n", "40", "--seed", "3", "--out", str(tmp_path)],
         cwd=ROOT,
         check=True,
         capture_output=True,

@@ -1,0 +1,1 @@
+"""Development tools: not shipped; imported by tests, bench and demo only."""
