@@ -1,7 +1,7 @@
 """Crash recovery: SIGKILL ``python -m worker run`` at random points of a stream with reposts, restart it,
 and hold what README's "Delivery guarantees" promise against an uninterrupted run of the same records.
 
-One Tansu broker, one input topic of generated posts (``demo.posts``: originals, exact copies, spam
+One Tansu broker, one input topic of generated posts (``devkit.posts``: originals, exact copies, spam
 edits, rewrites, near misses), read by three runs, each with its own group, output topics and embedded
 index: ``ref`` and ``control`` run once to the end (``control`` shows what differs between two runs with
 no crash at all); ``crash`` is SIGKILLed ``--kills`` times, each time after a random
@@ -51,26 +51,22 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bench.harness import (
-    Names,
-    Output,
     Position,
     Producer,
     Tail,
     argv_command,
-    committed,
-    create_topics,
     dump,
     log_events,
-    read_all,
     rel,
     stamp,
     start_worker,
     stop_worker,
     worker_env,
 )
-from bench.tiny import tiny_model
-from demo.broker import tansu
-from demo.posts import generate
+from devkit.broker import tansu
+from devkit.kafka import Names, Output, committed, create_topics, read_all
+from devkit.posts import generate
+from devkit.tiny import tiny_model
 
 K = TypeVar("K", bound=Hashable)
 INPUT = "documents-crash"
@@ -167,7 +163,7 @@ def ready_after(log_path: Path, started_wall: float) -> float | None:
 
 
 def order_of(position: Position, post: dict[str, Any]) -> tuple[int, int]:
-    """The worker's order key of a post (``worker.core.step.order_key``): timestamp, then partition/offset."""
+    """The worker's order key of a post (``worker.core.records.order_key``): timestamp, partition/offset."""
     return (stamp(post), position[0] << 40 | position[1])
 
 
@@ -179,8 +175,8 @@ def index_check(
     With ``copy_to`` the directory is copied first and the copy opened: opening an index flushes it and
     removes leftovers, which must stay the restarted worker's job.
     """
-    from worker.core.step import decode_verdict
-    from worker.index.search import EdgeIndex
+    from worker.core.decide import decode_verdict
+    from worker.index.edge import EdgeIndex
 
     path = index
     if copy_to is not None:
@@ -212,7 +208,8 @@ def index_recall(
     """
     import numpy as np
 
-    from worker.index.search import EdgeIndex, Query
+    from worker.core.ports import Query
+    from worker.index.edge import EdgeIndex
 
     order = {
         (str(post["tenant"]), str(post["id"])): order_of(position, post)
@@ -608,7 +605,7 @@ def measure(
         "partitions": partitions,
         "batch": batch,
         "optimize_every": optimize_every,
-        "model": rel(model) if not str(model).startswith(str(work)) else "tiny random BERT (bench.tiny)",
+        "model": rel(model) if not str(model).startswith(str(work)) else "tiny random BERT (devkit.tiny)",
         "model_version": manifest.version,
         "threshold": manifest.thresholds.decision,
         "runs": {name: asdict(run) for name, run in runs.items()},

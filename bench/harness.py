@@ -4,9 +4,8 @@ topic, and a full read of an output topic.
 
 The launcher mirrors ``bench.throughput.worker_process`` rather than reusing it: these benches need a
 separate log per life of the worker, their own flags topic, the integration tests' group timeouts
-(Tansu joins take about half the session timeout) and a process they may kill at any moment.
-Tansu's ListOffsets answers are not usable here (it reports 1 for a 350-record partition), so ends of
-topics come from the high watermarks of fetch responses and from the producer's own acknowledgements.
+(Tansu joins take about half the session timeout) and a process they may kill at any moment. Topic
+names, topic creation and reading topics back are ``devkit.kafka``'s, shared with the tests.
 """
 
 from __future__ import annotations
@@ -19,57 +18,17 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from demo.broker import free_port
+from devkit.broker import free_port
+from devkit.kafka import Names, group_timeout_env
 
 ROOT = Path(__file__).resolve().parent.parent
-GROUP_TIMEOUTS = {"MAX_POLL_INTERVAL_MS": "10000", "SESSION_TIMEOUT_MS": "6000"}  # as tests/integration
 
 Position = tuple[int, int]
 """(partition, offset) of a record of the input topic."""
-
-
-@dataclass(frozen=True)
-class Names:
-    """One run's topics, group and index: runs side by side on one broker never see each other."""
-
-    input: str
-    flags: str
-    decisions: str
-    dlq: str
-    group: str
-
-    @classmethod
-    def for_run(cls, run: str, input_topic: str) -> Names:
-        return cls(input_topic, f"flags-{run}", f"decisions-{run}", f"dlq-{run}", f"group-{run}")
-
-
-@dataclass(frozen=True)
-class Output:
-    """One record read back from an output topic."""
-
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-
-
-def create_topics(bootstrap: str, names: Names, partitions: int, with_input: bool = True) -> None:
-    """The input topic with ``partitions``, the three outputs with one each (one order per topic)."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
-    topics = [NewTopic(names.input, partitions, 1)] if with_input else []
-    topics += [NewTopic(t, 1, 1) for t in (names.flags, names.decisions, names.dlq)]
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics(topics)
-    finally:
-        admin.close()
 
 
 def stamp(post: dict[str, Any]) -> int:
@@ -136,7 +95,7 @@ def worker_env(
         "REQUEST_TIMEOUT_MS": "10000",
         "CREATE_TOPICS": "false",
         "DELIVERY": delivery,
-        **GROUP_TIMEOUTS,
+        **group_timeout_env(),
     }
     if delivery == "exactly-once":
         kafka["TRANSACTIONAL_ID"] = f"bench-{names.group}"  # the same across restarts: fences the dead
@@ -238,54 +197,6 @@ class Tail:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(10)
-
-
-def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    """The group's committed offsets on ``topic``, by partition (absent: nothing committed)."""
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        offsets = admin.list_group_offsets({group: None}).get(group, {})
-    finally:
-        admin.close()
-    return {
-        tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0
-    }
-
-
-def read_all(
-    bootstrap: str, topic: str, *, read_committed: bool = False, idle_s: float = 3.0, timeout_s: float = 180.0
-) -> list[Output]:
-    """Every record of ``topic`` from the beginning, until each partition's position reaches its high
-    watermark (from the fetches) or nothing arrives for ``idle_s``."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed" if read_committed else "read_uncommitted",
-        max_poll_records=2000,
-    )
-    try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or set())]
-        consumer.assign(parts)
-        consumer.seek_to_beginning()
-        out: list[Output] = []
-        deadline, last = time.monotonic() + timeout_s, time.monotonic()
-        while time.monotonic() < deadline and time.monotonic() - last < idle_s:
-            for records in consumer.poll(timeout_ms=200).values():
-                out += [Output(r.partition, r.offset, r.key, r.value) for r in records]
-                last = time.monotonic()
-            ends = [consumer.highwater(tp) for tp in parts]
-            if all(
-                end is not None and consumer.position(tp) >= end for tp, end in zip(parts, ends, strict=True)
-            ):
-                break
-        return out
-    finally:
-        consumer.close()
 
 
 def rel(path: Path) -> str:

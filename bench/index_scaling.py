@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from worker.index.search import EdgeIndex, IndexPoint, Query
+from worker.core.ports import IndexPoint, Query
+from worker.index.edge import EdgeIndex
 
 DIM = 384
 TENANTS = 4
@@ -113,12 +114,12 @@ class Data:
 
 def text_embeddings(n: int, seed: int) -> np.ndarray:
     """``text``: embeddings of ``n`` distinct real texts, by models/default (or zero-shot): every text of
-    the pair files under ../shared/data, shuffled, topped up with generated posts (``demo.posts``)."""
+    the pair files under ../shared/data, shuffled, topped up with generated posts (``devkit.posts``)."""
     from bench.pair_quality import DATA
     from bench.throughput import default_model
-    from demo.posts import generate
-    from trainer.__main__ import pair_files
+    from devkit.posts import generate
     from trainer.data import read_pairs
+    from trainer.recipes import pair_files
     from worker.model.encode import TorchEncoder
 
     texts: dict[str, None] = {}

@@ -28,8 +28,8 @@ from bench.throughput import (
     make_stream,
     worker_process,
 )
-from demo.broker import tansu
-from demo.posts import read_jsonl
+from devkit.broker import tansu
+from devkit.posts import read_jsonl
 
 WARMUP = 20
 

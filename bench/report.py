@@ -135,7 +135,7 @@ def plot_index(ix: dict[str, Any], out: Path, long_run: dict[str, Any] | None = 
 def _throughput(tp: dict[str, Any]) -> list[str]:
     lines = ["## Throughput", ""]
     lines += [
-        f"Stream: `demo.posts` generated, {tp['n']} posts (seed {tp['seed']}); model `{tp['model']}` "
+        f"Stream: `devkit.posts` generated, {tp['n']} posts (seed {tp['seed']}); model `{tp['model']}` "
         f"({tp['model_version']}); fresh embedded index (Qdrant Edge) per measurement; CPU.",
         "",
     ]
@@ -321,7 +321,7 @@ def _pairs(pq: dict[str, Any]) -> list[str]:
         "other half. "
         "Baselines: character 5-gram Jaccard of "
         "NFKC-casefolded text, a 128-permutation MinHash estimate of it, TF-IDF cosine over word tokens with "
-        "the idf fitted on the pair set's own texts (all in `bench/baselines.py`).",
+        "the idf fitted on the pair set's own texts (all in `devkit/baselines.py`).",
         "",
     ]
     for skipped in pq["skipped"]:

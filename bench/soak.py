@@ -8,7 +8,7 @@ holds (memory-mapped vectors and payloads, ``RssFile``); a leak would show as gr
 (``RssAnon``). Both are sampled and the verdict reports both. The index optimiser runs as a child
 process; its memory is sampled apart.
 
-The default rate (100 posts/s) suits the tiny random model (``bench.tiny``), which decides several
+The default rate (100 posts/s) suits the tiny random model (``devkit.tiny``), which decides several
 hundred posts/s here; with the real model on a 2-core CPU the worker decides about 15-20 posts/s, so
 offer ~10-15/s there (``--model models/default --rate 12``).
 
@@ -31,11 +31,9 @@ from typing import Any
 import numpy as np
 
 from bench.harness import (
-    Names,
     Producer,
     Tail,
     argv_command,
-    create_topics,
     dump,
     log_events,
     rel,
@@ -43,9 +41,10 @@ from bench.harness import (
     stop_worker,
     worker_env,
 )
-from bench.tiny import tiny_model
-from demo.broker import tansu
-from demo.posts import MIN_N, START, generate
+from devkit.broker import tansu
+from devkit.kafka import Names, create_topics
+from devkit.posts import MIN_N, START, generate
+from devkit.tiny import tiny_model
 
 INPUT = "documents-soak"
 MIB = 1024.0
@@ -67,7 +66,7 @@ class Sample:
 
 
 def long_stream(n: int, seed: int, chunk: int = 10_000) -> list[dict[str, Any]]:
-    """``n`` posts from chunks of ``demo.posts.generate`` (one stream of it runs out of new originals
+    """``n`` posts from chunks of ``devkit.posts.generate`` (one stream of it runs out of new originals
     somewhere past 10-20k posts), ids prefixed by chunk, each chunk's ``created_at`` moved past the end
     of the one before so time keeps increasing. Later chunks reuse the vocabularies, so a few of their
     originals repeat earlier texts: a little more exact-duplicate traffic than one stream has."""
@@ -171,8 +170,9 @@ def _baseline_child(points: int, dim: int, every: int, out: Any) -> None:
     (batches of 256, flush, maintain), RSS recorded every ``every`` points."""
     import hashlib
 
-    from worker.index.search import EdgeIndex, IndexPoint
-    from worker.service.settings import IndexSettings
+    from worker.core.ports import IndexPoint
+    from worker.index.config import IndexSettings
+    from worker.index.edge import EdgeIndex
 
     rng = np.random.default_rng(0)
     rows: list[tuple[int, float, float]] = []
@@ -446,7 +446,7 @@ def soak(
         "batch": batch,
         "sample_s": sample_s,
         "warmup_s": warmup_s,
-        "model": rel(model) if not str(model).startswith(str(work)) else "tiny random BERT (bench.tiny)",
+        "model": rel(model) if not str(model).startswith(str(work)) else "tiny random BERT (devkit.tiny)",
         "model_version": manifest.version,
         "offered": pacer.offered,
         "acknowledged": pacer.acked,

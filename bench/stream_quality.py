@@ -3,7 +3,7 @@ the flags at each model's shipped threshold, against exact hashing, MinHash LSH 
 MiniLM at their best thresholds (a sweep over each method's own score), with precision–recall curves.
 
 A flag is right when the post is a copy, spam-style edit or rewrite and it names an earlier member of
-the same cluster (``demo.posts.precision_recall``); near-miss look-alikes must be left alone.
+the same cluster (``devkit.posts.precision_recall``); near-miss look-alikes must be left alone.
 
     python -m bench.stream_quality --n 2000 --out bench/results/stream_quality.json
 """
@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.baselines import MinHashLSHStream, normalise
 from bench.throughput import ROOT, default_model, make_stream, manifest
-from demo.posts import precision_recall, read_jsonl
+from devkit.baselines import MinHashLSHStream, normalise
+from devkit.posts import precision_recall, read_jsonl
 
 Scored = list[tuple[str, float | None, str | None]]  # (id, best earlier score, that earlier id)
 
@@ -206,7 +206,7 @@ def measure(
     if not quick and n > 0:
         posts, truth = make_stream(n, seed, work / "generated")
         results.append(evaluate_stream(f"generated-{n}-seed{seed}", posts, truth, models, work))
-        results[-1]["path"] = f"python -m demo.posts --n {n} --seed {seed}"
+        results[-1]["path"] = f"python -m devkit.posts --n {n} --seed {seed}"
     for r in results:
         for label, m in r["methods"].items():
             b, s = m["best"], m.get("shipped")

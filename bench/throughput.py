@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from bench.baselines import MinHashLSHStream
-from demo.broker import free_port, tansu
-from demo.posts import generate, read_jsonl, write_stream
+from devkit.baselines import MinHashLSHStream
+from devkit.broker import free_port, tansu
+from devkit.posts import generate, read_jsonl, write_stream
 from worker.core.normalize import text_hash
-from worker.index.search import EdgeIndex, IndexPoint, Query
+from worker.core.ports import IndexPoint, Query
+from worker.index.edge import EdgeIndex
 from worker.model.encode import TorchEncoder, load_encoder
 from worker.service.scan import scan
 
@@ -52,7 +53,7 @@ def manifest(model: Path) -> dict[str, Any]:
 
 
 def make_stream(n: int, seed: int, out_dir: Path) -> tuple[Path, Path]:
-    """A generated repost stream of ``n`` posts (demo.posts) in ``out_dir``: (posts, truth)."""
+    """A generated repost stream of ``n`` posts (devkit.posts) in ``out_dir``: (posts, truth)."""
     return write_stream(generate(n, seed), out_dir)
 
 

@@ -18,8 +18,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from demo.broker import free_port, tansu
-from demo.posts import precision_recall, read_jsonl
+from devkit.broker import free_port, tansu
+from devkit.posts import precision_recall, read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "models" / "default"
@@ -37,12 +37,22 @@ def ensure_model(explicit: Path | None) -> Path:
     if (DEFAULT_MODEL / "manifest.json").is_file():
         return DEFAULT_MODEL
     if not (ZERO_SHOT / "manifest.json").is_file():
-        say("· no models/default: exporting the zero-shot all-MiniLM-L6-v2 (run `make model` for the "
-            "fine-tuned one)")
+        say(
+            "· no models/default: exporting the zero-shot all-MiniLM-L6-v2 (run `make model` for the "
+            "fine-tuned one)"
+        )
         from worker.model.pretrained import default_base_model
 
-        command = [sys.executable, "-m", "trainer", "export", "--from-pretrained", str(default_base_model()),
-                   "--out", str(ZERO_SHOT)]
+        command = [
+            sys.executable,
+            "-m",
+            "trainer",
+            "export",
+            "--from-pretrained",
+            str(default_base_model()),
+            "--out",
+            str(ZERO_SHOT),
+        ]
         subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # noqa: S603
     return ZERO_SHOT
 
@@ -54,8 +64,12 @@ def produce(bootstrap: str, topic: str, posts: list[dict[str, object]], rate: fl
     gap = 1.0 / rate if rate > 0 else 0.0
     for post in posts:
         stamp = datetime.fromisoformat(str(post["created_at"]).replace("Z", "+00:00"))
-        producer.send(topic, key=str(post["id"]).encode(), value=json.dumps(post).encode(),
-                      timestamp_ms=int(stamp.timestamp() * 1000))
+        producer.send(
+            topic,
+            key=str(post["id"]).encode(),
+            value=json.dumps(post).encode(),
+            timestamp_ms=int(stamp.timestamp() * 1000),
+        )
         if gap:
             time.sleep(gap)
     producer.flush(30)
@@ -81,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     posts = read_jsonl(args.posts)
     truth = read_jsonl(args.truth)
     texts = {str(p["id"]): str(p["text"]) for p in posts}
-    say(f"· model {manifest['version']} (threshold {manifest['thresholds']['decision']:.3f}), "
-        f"{len(posts)} posts")
+    say(
+        f"· model {manifest['version']} (threshold {manifest['thresholds']['decision']:.3f}), "
+        f"{len(posts)} posts"
+    )
 
     from kafka import KafkaConsumer
     from kafka.admin import KafkaAdminClient, NewTopic
@@ -92,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         say(f"· broker (Tansu) on {bootstrap}; index (Qdrant Edge) in {work / 'index'}")
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         # One partition keeps arrival order total, so every repost is processed after its original.
-        admin.create_topics([NewTopic(t, 1, 1) for t in ("documents", "duplicate-flags", "documents.dlq",
-                                                         "decisions")])
+        admin.create_topics(
+            [NewTopic(t, 1, 1) for t in ("documents", "duplicate-flags", "documents.dlq", "decisions")]
+        )
         admin.close()
         env = {
             **os.environ,
@@ -111,10 +128,16 @@ def main(argv: list[str] | None = None) -> int:
             "TWINFLAG_LOG_FORMAT": "json",
         }
         log = (work / "worker.log").open("wb")
-        worker = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env,
-                                  stdout=log, stderr=subprocess.STDOUT)
-        consumer = KafkaConsumer("decisions", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                 enable_auto_commit=False, group_id=None)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "worker", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        consumer = KafkaConsumer(
+            "decisions",
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
         started = time.monotonic()
         produce(bootstrap, "documents", posts, args.rate)
         say(f"· produced {len(posts)} posts in {time.monotonic() - started:.1f} s; flags as they arrive:")
@@ -136,9 +159,11 @@ def main(argv: list[str] | None = None) -> int:
                         last = time.monotonic()
                         if decision.get("flagged"):
                             dup = str(decision["duplicate_of"])
-                            say(f"  FLAG {doc_id} ≈ {dup}  {float(decision['score']):.3f} "  # type: ignore[arg-type]
+                            say(
+                                f"  FLAG {doc_id} ≈ {dup}  {float(decision['score']):.3f} "  # type: ignore[arg-type]
                                 f"[{decision.get('stage')}]  “{snippet(texts.get(doc_id, ''))}”  "
-                                f"≈ “{snippet(texts.get(dup, ''))}”")
+                                f"≈ “{snippet(texts.get(dup, ''))}”"
+                            )
         finally:
             consumer.close()
             worker.send_signal(signal.SIGTERM)
@@ -156,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         say(f"documents decided   {len(decisions)} / {len(posts)}")
         say(f"flags               {flags}")
         say(score.describe())
-        say(f"throughput          {len(decisions) / elapsed:.1f} documents/s end to end "
-            f"(produce → decision, {elapsed:.1f} s, including the worker's start)")
+        say(
+            f"throughput          {len(decisions) / elapsed:.1f} documents/s end to end "
+            f"(produce → decision, {elapsed:.1f} s, including the worker's start)"
+        )
         say(f"worker exit         {code} after SIGTERM (0 = finished its batch, committed, closed)")
         say(f"logs                {work}")
         return 0 if len(decisions) == len(posts) and code == 0 else 1

@@ -10,23 +10,21 @@ from __future__ import annotations
 import json
 import os
 import random
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from bench.harness import committed  # noqa: F401 - the tests import it from here
-from demo.broker import free_port, tansu
-from worker.service.settings import IndexSettings, KafkaSettings, WorkerSettings
+from devkit.broker import free_port, tansu
+from devkit.kafka import GROUP_TIMEOUTS, Names, group_timeout_env, produce
+from worker.index.config import IndexSettings
+from worker.kafka.config import KafkaSettings
+from worker.service.settings import WorkerSettings
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-GROUP_TIMEOUTS = {"max_poll_interval_ms": 10_000, "session_timeout_ms": 6_000}  # joins take ~3 s on Tansu
 
 
 @pytest.fixture(scope="session")
@@ -36,34 +34,10 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield bootstrap
 
 
-@dataclass(frozen=True)
-class Names:
-    """Fresh topic and group names for one test."""
-
-    input: str
-    flags: str
-    dlq: str
-    decisions: str
-    group: str
-
-
 @pytest.fixture
 def names() -> Names:
-    tag = uuid.uuid4().hex[:10]
-    return Names(f"docs-{tag}", f"flags-{tag}", f"dlq-{tag}", f"decisions-{tag}", f"group-{tag}")
-
-
-def create_topics(bootstrap: str, names: Names, partitions: int = 2) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics(
-            {
-                topic: {"num_partitions": partitions if topic == names.input else 1, "replication_factor": 1}
-                for topic in (names.input, names.flags, names.dlq, names.decisions)
-            }
-        )
-    finally:
-        admin.close()
+    """Fresh topic and group names for one test."""
+    return Names.fresh()
 
 
 def worker_settings(bootstrap: str, names: Names, index_path: Path, **kafka: object) -> WorkerSettings:
@@ -106,8 +80,7 @@ def worker_env(bootstrap: str, names: Names, index_path: Path, **extra: str) -> 
             "TWINFLAG_KAFKA__MAX_POLL_RECORDS": "20",
             "TWINFLAG_KAFKA__POLL_TIMEOUT_MS": "200",
             "TWINFLAG_KAFKA__REQUEST_TIMEOUT_MS": "5000",
-            "TWINFLAG_KAFKA__MAX_POLL_INTERVAL_MS": str(GROUP_TIMEOUTS["max_poll_interval_ms"]),
-            "TWINFLAG_KAFKA__SESSION_TIMEOUT_MS": str(GROUP_TIMEOUTS["session_timeout_ms"]),
+            **{f"TWINFLAG_KAFKA__{name}": value for name, value in group_timeout_env().items()},
             "TWINFLAG_INDEX__PATH": str(index_path),
             "TWINFLAG_METRICS_PORT": str(free_port()),
             "TWINFLAG_METRICS_HOST": "127.0.0.1",
@@ -165,55 +138,7 @@ def make_stream(n: int, seed: int = 7, repost_rate: float = 0.25) -> list[Post]:
     return posts
 
 
-def produce(bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes | None]]) -> None:
-    """Send (key, value) pairs in order, synchronously acknowledged. Timestamps increase by 1 ms."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4_000_000)
-    try:
-        start = int(time.time() * 1000) - len(values)
-        for i, (key, value) in enumerate(values):
-            producer.send(topic, key=key, value=value, timestamp_ms=start + i)
-        producer.flush(30)
-    finally:
-        producer.close(5)
-
-
 def produce_posts(bootstrap: str, topic: str, posts: list[Post]) -> None:
     produce(
         bootstrap, topic, [(p.id.encode(), json.dumps({"id": p.id, "text": p.text}).encode()) for p in posts]
     )
-
-
-def read_topic(
-    bootstrap: str,
-    topic: str,
-    *,
-    expect: int | None = None,
-    idle_s: float = 1.5,
-    timeout_s: float = 30.0,
-    read_committed: bool = False,
-) -> list[tuple[bytes | None, bytes]]:
-    """Every (key, value) of a topic from the beginning: until ``expect`` records, or idle for ``idle_s``."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed" if read_committed else "read_uncommitted",
-    )
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
-        consumer.seek_to_beginning()
-        out: list[tuple[bytes | None, bytes]] = []
-        deadline, last = time.monotonic() + timeout_s, time.monotonic()
-        while time.monotonic() < deadline:
-            polled = consumer.poll(timeout_ms=200)
-            for batch in polled.values():
-                out += [(m.key, m.value) for m in batch]
-                last = time.monotonic()
-            if expect is not None and len(out) >= expect:
-                break
-            if expect is None and time.monotonic() - last > idle_s:
-                break
-        return out
-    finally:
-        consumer.close()

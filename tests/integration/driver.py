@@ -10,8 +10,9 @@ from __future__ import annotations
 import sys
 
 from tests.fakes import HashEncoder
-from worker.__main__ import load_settings, run_worker, stop_on_signals
 from worker.core import logs
+from worker.service.commands import load_settings
+from worker.service.wiring import run_worker, stop_on_signals
 
 THRESHOLD = 0.8
 

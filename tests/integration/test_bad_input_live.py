@@ -16,12 +16,14 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from devkit.kafka import Names, committed, create_topics, produce, read_topic
 from tests.fakes import HashEncoder, raw_record
-from tests.integration.conftest import Names, committed, create_topics, produce, read_topic, worker_settings
+from tests.integration.conftest import worker_settings
 from tests.integration.test_loop_kafka import run_inline
 from tests.unit.test_bad_input import values
-from worker.__main__ import step_config
-from worker.core.messages import DeadLetter, DeadLetterReason, Decision, Deletion, parse_record
+from worker.core.messages import DeadLetter, DeadLetterReason, Decision, Deletion
+from worker.core.parse import parse_record
+from worker.service.wiring import step_config
 
 pytestmark = pytest.mark.integration
 

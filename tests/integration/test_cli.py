@@ -12,15 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import (
-    REPO,
-    Names,
-    committed,
-    make_stream,
-    produce_posts,
-    read_topic,
-    worker_env,
-)
+from devkit.kafka import Names, committed, read_topic
+from tests.integration.conftest import REPO, make_stream, produce_posts, worker_env
 
 pytestmark = pytest.mark.integration
 SECRET = "api-key-that-must-never-be-logged"
@@ -109,7 +102,7 @@ def test_an_index_of_another_model_is_refused_at_start(
     broker: str, names: Names, tmp_path: Path, tiny_model: Path
 ) -> None:
     from tests.fakes import HashEncoder
-    from worker.index.search import EdgeIndex
+    from worker.index.edge import EdgeIndex
 
     other = HashEncoder()
     index = EdgeIndex(tmp_path / "index")

@@ -12,14 +12,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import structlog
 
-import worker.index.search
-from worker.index.search import EdgeIndex, IndexMismatchError, IndexPoint, Query
+from worker.core.errors import IndexMismatchError
+from worker.core.ports import IndexPoint, Query
+from worker.index import edge_optimize
+from worker.index.edge import EdgeIndex
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +35,8 @@ CRASHER = """
 import os, signal, sys
 import numpy as np
 from pathlib import Path
-from worker.index.search import EdgeIndex, IndexPoint
+from worker.core.ports import IndexPoint
+from worker.index.edge import EdgeIndex
 
 path, n, optimize = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 index = EdgeIndex(path, optimize_every=100, indexing_threshold_kb=1)
@@ -124,10 +128,15 @@ def test_refuses_shard_directories_without_a_sidecar(tmp_path: Path) -> None:
         EdgeIndex(tmp_path / "index").ensure(DIM, "m1")
 
 
+def child(code: str) -> Callable[[Path, int], list[str]]:
+    """An optimiser child that runs ``code`` (with the copy and the worker's pid as its argv)."""
+    return lambda target, parent_pid: [sys.executable, "-c", code, str(target), str(parent_pid)]
+
+
 def test_a_failed_optimisation_leaves_the_live_shard_in_charge(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker.index.search, "_OPTIMIZE_CHILD", "import sys; sys.exit(7)")
+    monkeypatch.setattr(edge_optimize, "child_command", child("import sys; sys.exit(7)"))
     index = EdgeIndex(tmp_path / "index", optimize_every=10)
     index.ensure(DIM, "m1")
     index.upsert(points(50))
@@ -148,7 +157,7 @@ def test_a_failed_optimisation_leaves_the_live_shard_in_charge(
 
 
 def test_close_stops_a_running_optimisation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker.index.search, "_OPTIMIZE_CHILD", "import time; time.sleep(60)")
+    monkeypatch.setattr(edge_optimize, "child_command", child("import time; time.sleep(60)"))
     index = EdgeIndex(tmp_path / "index", optimize_every=10)
     index.ensure(DIM, "m1")
     index.upsert(points(20))
@@ -165,7 +174,7 @@ def test_an_unusable_copy_is_dropped_and_the_stream_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     broken = "import os, sys; os.remove(os.path.join(sys.argv[1], 'edge_config.json'))"
-    monkeypatch.setattr(worker.index.search, "_OPTIMIZE_CHILD", broken)
+    monkeypatch.setattr(edge_optimize, "child_command", child(broken))
     index = EdgeIndex(tmp_path / "index", optimize_every=10)
     index.ensure(DIM, "m1")
     index.upsert(points(30))

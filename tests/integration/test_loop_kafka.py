@@ -19,21 +19,12 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
+from devkit.kafka import Names, committed, create_topics, produce, read_topic
 from tests.fakes import HashEncoder
-from tests.integration.conftest import (
-    Names,
-    Post,
-    committed,
-    create_topics,
-    make_stream,
-    produce,
-    produce_posts,
-    read_topic,
-    worker_settings,
-)
-from worker.__main__ import build_consumer, build_index, build_publisher, step_config
+from tests.integration.conftest import Post, make_stream, produce_posts, worker_settings
 from worker.service.loop import run
 from worker.service.settings import WorkerSettings
+from worker.service.wiring import build_consumer, build_index, build_publisher, step_config, topics
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +46,7 @@ def run_inline(settings: WorkerSettings, max_messages: int, idle_timeout_s: floa
             publisher,
             step_config(settings, encoder, threshold=0.8),
             threading.Event(),
+            topics=topics(settings),
             max_messages=max_messages,
             idle_timeout_s=idle_timeout_s,
         )
@@ -204,7 +196,7 @@ def test_a_batch_slower_than_the_poll_interval_shrinks_instead_of_looping(
         stack.callback(publisher.close, 2.0)
         done = run(
             source, encoder, index, publisher, step_config(settings, encoder, 0.8), threading.Event(),
-            max_messages=len(posts), idle_timeout_s=30,
+            topics=topics(settings), max_messages=len(posts), idle_timeout_s=30,
         )  # fmt: skip
     events = Counter(e["event"] for e in logged)
     assert done == len(posts)

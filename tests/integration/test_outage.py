@@ -14,21 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from demo.broker import free_port, wait_for_port
+from devkit.broker import free_port, wait_for_port
+from devkit.kafka import Names, committed, create_topics, read_topic
 from tests.fakes import HashEncoder
-from tests.integration.conftest import (
-    Names,
-    committed,
-    create_topics,
-    make_stream,
-    produce_posts,
-    read_topic,
-    worker_settings,
-)
+from tests.integration.conftest import make_stream, produce_posts, worker_settings
 from tests.integration.proxy import CuttableProxy
-from worker.__main__ import build_consumer, build_index, build_publisher, step_config
-from worker.service.loop import Backoff, run
+from worker.core.errors import Backoff
+from worker.service.loop import run
 from worker.service.status import Readiness
+from worker.service.wiring import build_consumer, build_index, build_publisher, step_config, topics
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +79,8 @@ def test_broker_outage_backs_off_commits_nothing_and_resumes(
                 outcome.append(
                     run(
                         source, encoder, index, publisher, step_config(settings, encoder, 0.8), stop,
-                        max_messages=len(posts), idle_timeout_s=90, readiness=readiness,
+                        topics=topics(settings), max_messages=len(posts), idle_timeout_s=90,
+                        readiness=readiness,
                         backoff=Backoff(0.2, 1.0), flush_timeout_s=3.0,
                     )
                 )  # fmt: skip

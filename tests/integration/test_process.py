@@ -17,16 +17,8 @@ from typing import IO
 
 import pytest
 
-from tests.integration.conftest import (
-    REPO,
-    Names,
-    committed,
-    create_topics,
-    make_stream,
-    produce_posts,
-    read_topic,
-    worker_env,
-)
+from devkit.kafka import Names, committed, create_topics, read_topic
+from tests.integration.conftest import REPO, make_stream, produce_posts, worker_env
 
 pytestmark = pytest.mark.integration
 

@@ -9,18 +9,21 @@ from collections import Counter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fakes import HashEncoder, ListPublisher, MemoryIndex, raw_record
-from worker.core.messages import DeadLetter, DeadLetterReason, Decision, Deletion, Document, parse_record
-from worker.core.step import Record, StepConfig, run_batch
+from tests.fakes import HashEncoder, ListPublisher, MemoryIndex, raw_record, run_and_send
+from worker.core.emit import Topics
+from worker.core.messages import DeadLetter, DeadLetterReason, Deletion, Document
+from worker.core.parse import parse_record
+from worker.core.records import Record
+from worker.core.step import StepConfig
 
 CONFIG = StepConfig(
     threshold=0.8,
     model_version="hash-trigram-v1",
-    decisions_topic="decisions",
     top_k=3,
     max_message_bytes=4096,
     max_id_chars=16,
 )
+TOPICS = Topics(decisions="decisions")
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BATCHES = settings(FAST, max_examples=60)
 
@@ -117,16 +120,16 @@ def test_run_batch_never_raises_and_accounts_for_every_record(batches: list[list
     index, encoder = MemoryIndex(), HashEncoder()
     for batch in batches:
         publisher = ListPublisher()
-        result = run_batch(batch, encoder, index, publisher, CONFIG)
+        result = run_and_send(batch, encoder, index, publisher, CONFIG, TOPICS)
         assert result.records == len(batch) == result.documents + result.dead_letters + result.deletions
-        decided = [Decision.model_validate(d).source for d in result.decisions]
-        letters = [DeadLetter.model_validate(x).source for x in publisher.json(CONFIG.dlq_topic)]
+        decided = [d.source for d in result.decisions]
+        letters = [DeadLetter.model_validate(x).source for x in publisher.json(TOPICS.dlq)]
         outcomes = Counter((s.partition, s.offset) for s in decided + letters)
         expected = Counter((r.partition, r.offset) for r in batch if not _is_deletion(r))
         assert outcomes == expected  # exactly one outcome per non-deletion record
         assert len(publisher.json("decisions")) == result.documents
-        assert len(publisher.json(CONFIG.flags_topic)) == result.flags
-        for flag in publisher.json(CONFIG.flags_topic):
+        assert len(publisher.json(TOPICS.flags)) == result.flags
+        for flag in publisher.json(TOPICS.flags):
             assert flag["duplicate_of"] != flag["id"]
             assert CONFIG.threshold <= flag["score"] <= 1.0
 
@@ -137,7 +140,7 @@ def _is_deletion(record: Record) -> bool:
 
 def test_nasty_corpus() -> None:
     """The cases the reliability issue lists, each to its outcome, in one batch with default limits."""
-    config = StepConfig(threshold=0.8, model_version="m", decisions_topic="decisions")
+    config = StepConfig(threshold=0.8, model_version="m")
     meta: dict[str, object] = {}
     for _ in range(200):
         meta = {"m": meta}
@@ -162,13 +165,13 @@ def test_nasty_corpus() -> None:
     ]
     batch = [raw_record(value, offset, key=b"k") for offset, (value, _) in enumerate(cases)]
     publisher, index = ListPublisher(), MemoryIndex()
-    result = run_batch(batch, HashEncoder(), index, publisher, config)
-    outcome = {Decision.model_validate(d).source.offset: "decision" for d in result.decisions}
-    for letter in publisher.json(config.dlq_topic):
+    result = run_and_send(batch, HashEncoder(), index, publisher, config, TOPICS)
+    outcome = {d.source.offset: "decision" for d in result.decisions}
+    for letter in publisher.json(TOPICS.dlq):
         outcome[DeadLetter.model_validate(letter).source.offset] = letter["code"]
     outcome |= {i: "deletion" for i, (value, _) in enumerate(cases) if value is None}
     assert outcome == {i: expected for i, (_, expected) in enumerate(cases)}
-    assert publisher.json(config.flags_topic) == []  # the same id never matches itself
+    assert publisher.json(TOPICS.flags) == []  # the same id never matches itself
     replay = ListPublisher()
-    run_batch(batch, HashEncoder(), index, replay, config)
+    run_and_send(batch, HashEncoder(), index, replay, config, TOPICS)
     assert replay.sent == publisher.sent

@@ -1,4 +1,4 @@
-"""The baseline similarity functions of bench/baselines.py, on small hand-checked cases."""
+"""The baseline similarity functions of devkit/baselines.py, on small hand-checked cases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.baselines import (
+from devkit.baselines import (
     char_jaccard,
     cosine,
     idf,

@@ -12,22 +12,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.fakes import HashEncoder, ListPublisher, MemoryIndex, doc_record, raw_record
-from worker.core.decide import Candidate, Verdict
-from worker.core.messages import Decision
+from tests.fakes import HashEncoder, ListPublisher, MemoryIndex, doc_record, raw_record, run_and_send
+from worker.core.decide import Verdict, decode_verdict, encode_verdict
+from worker.core.emit import Topics
 from worker.core.normalize import normalize, text_hash
-from worker.core.step import (
-    BatchResult,
-    Record,
-    StepConfig,
-    decode_verdict,
-    encode_verdict,
-    order_key,
-    run_batch,
-)
-from worker.index.search import Neighbour, Query
+from worker.core.outcome import BatchOutcome
+from worker.core.ports import Candidate, Query
+from worker.core.records import Record, order_key
+from worker.core.step import StepConfig
 
 FLAGS, DECISIONS, DLQ = "duplicate-flags", "decisions", "documents.dlq"
+TOPICS = Topics(decisions=DECISIONS)
 SPAM = "Buy cheap watches at our store today, best prices guaranteed!"
 SPAM_TYPO = "Buy cheap wacthes at our store today, best prices guaranteed!"
 SPAM_SPACED = "  buy CHEAP watches\u200b at our store today,  best prices guaranteed! "
@@ -36,7 +31,7 @@ WEATHER = "The weather in Lisbon was lovely this weekend, we went to the beach."
 
 
 def config(threshold: float = 0.8, **overrides: Any) -> StepConfig:
-    return replace(StepConfig(threshold, "hash-trigram-v1", decisions_topic=DECISIONS), **overrides)
+    return replace(StepConfig(threshold, "hash-trigram-v1"), **overrides)
 
 
 def step(
@@ -44,9 +39,9 @@ def step(
     index: MemoryIndex,
     encoder: HashEncoder | None = None,
     cfg: StepConfig | None = None,
-) -> tuple[BatchResult, ListPublisher]:
+) -> tuple[BatchOutcome, ListPublisher]:
     publisher = ListPublisher()
-    result = run_batch(records, encoder or HashEncoder(), index, publisher, cfg or config())
+    result = run_and_send(records, encoder or HashEncoder(), index, publisher, cfg or config(), TOPICS)
     return result, publisher
 
 
@@ -131,8 +126,8 @@ def test_outputs_come_in_order_key_order() -> None:
     random.Random(3).shuffle(records)
     result, publisher = step(records, MemoryIndex())
     expected = sorted(records, key=order_key)
-    assert [d["id"] for d in result.decisions] == [json.loads(r.value or b"")["id"] for r in expected]
-    assert [f["id"] for f in publisher.json(DECISIONS)] == [d["id"] for d in result.decisions]
+    assert [d.id for d in result.decisions] == [json.loads(r.value or b"")["id"] for r in expected]
+    assert [f["id"] for f in publisher.json(DECISIONS)] == [d.id for d in result.decisions]
 
 
 def test_index_search_never_returns_later_posts() -> None:
@@ -158,7 +153,7 @@ def test_out_of_range_timestamps_are_clamped_not_fatal() -> None:
 class LatestFirstOnTies(MemoryIndex):
     """An index whose cut keeps the *latest* of equal scores: the step must not inherit that choice."""
 
-    def search(self, queries: Sequence[Query], k: int) -> list[list[Neighbour]]:
+    def search(self, queries: Sequence[Query], k: int) -> list[list[Candidate]]:
         full = super().search(queries, 1000)
         return [
             sorted(found, key=lambda n: (-round(n.score, 6), [-x for x in n.order]))[:k] for found in full
@@ -183,7 +178,7 @@ def test_the_same_id_replayed_never_matches_itself() -> None:
     step([doc_record("a", SPAM, 0)], index)
     result, publisher = step([doc_record("a", SPAM, 0)], index)
     assert flags(publisher) == {}
-    assert result.decisions[0]["score"] is None
+    assert result.decisions[0].score is None
     assert result.reused_vectors == 1
 
 
@@ -236,10 +231,10 @@ def test_threshold_edge(threshold: float, flagged: bool, split: bool) -> None:
     first, second = doc_record("a", "one", 0), doc_record("b", "two", 1)
     batches = [[first], [second]] if split else [[first, second]]
     for batch in batches:
-        run_batch(batch, encoder, index, publisher, cfg)
-    assert (len(publisher.messages(cfg.flags_topic)) == 1) is flagged
+        run_and_send(batch, encoder, index, publisher, cfg)
+    assert (len(publisher.messages(FLAGS)) == 1) is flagged
     if flagged:
-        flag = json.loads(publisher.messages(cfg.flags_topic)[0][1])
+        flag = json.loads(publisher.messages(FLAGS)[0][1])
         assert (flag["score"], flag["threshold"]) == (0.8, threshold)
         assert flag["stage"] == ("index" if split else "batch")
 
@@ -305,11 +300,11 @@ def test_dead_letters_carry_reason_original_bytes_and_position() -> None:
         assert letter["detected_at"] == "2023-11-14T22:13:20.000Z"
         assert str(letter["reason"]).startswith(f"{letter['code']}: ")
     assert (result.records, result.documents, result.dead_letters) == (8, 1, 7)
-    assert [d["id"] for d in result.decisions] == ["ok"]
+    assert [d.id for d in result.decisions] == ["ok"]
 
 
 def test_a_10_mb_record_dead_letters_within_the_producers_request_limit() -> None:
-    from worker.__main__ import dlq_max_bytes
+    from worker.kafka.config import dlq_max_bytes
     from worker.service.settings import WorkerSettings
 
     settings = WorkerSettings()
@@ -318,7 +313,7 @@ def test_a_10_mb_record_dead_letters_within_the_producers_request_limit() -> Non
     ((key, value),) = publisher.messages(DLQ)
     letter = json.loads(value)
     assert (letter["code"], letter["truncated"], letter["value_bytes"]) == ("oversized", True, 10_000_025)
-    assert len(value) + len(key or b"") < dlq_max_bytes(settings)
+    assert len(value) + len(key or b"") < dlq_max_bytes(settings.max_message_bytes)
 
 
 # ---------------------------------------------------------------------------------------- replays
@@ -358,7 +353,7 @@ def stream() -> list[Record]:
 def run_stream(records: list[Record], size: int, index: MemoryIndex) -> list[tuple[bytes | None, bytes]]:
     publisher = ListPublisher()
     for start in range(0, len(records), size):
-        run_batch(records[start : start + size], HashEncoder(), index, publisher, config())
+        run_and_send(records[start : start + size], HashEncoder(), index, publisher, config(), TOPICS)
     return publisher.messages(FLAGS)
 
 
@@ -415,7 +410,7 @@ def test_the_decision_is_stored_before_the_flag_is_sent() -> None:
     records = sorted(stream(), key=order_key)
     index = MemoryIndex()
     with pytest.raises(ConnectionError):
-        run_batch(records[:30], HashEncoder(), index, FailingPublisher(), config())
+        run_and_send(records[:30], HashEncoder(), index, FailingPublisher(), config(), TOPICS)
     assert index.count() > 0  # upserted first: a replay finds each first decision
     assert run_stream(records[:30], 1, index) == run_stream(records[:30], 30, MemoryIndex())
 
@@ -462,7 +457,7 @@ def test_a_deletion_in_the_batch_removes_an_earlier_document_of_the_batch() -> N
     assert flags(publisher)["c"]["stage"] == "batch"
     assert index.point("default", "a") is None  # not upserted back
     assert index.count() == 2
-    assert [d["id"] for d in result.decisions] == ["a", "b", "c"]
+    assert [d.id for d in result.decisions] == ["a", "b", "c"]
 
 
 def test_a_document_after_its_deletion_is_a_new_post() -> None:
@@ -495,7 +490,7 @@ def test_result_counts_timings_and_payload() -> None:
         1,
         1,
     )
-    assert set(result.timings_ms) >= {"parse", "exact", "embed", "search", "decide", "publish", "upsert"}
+    assert set(result.timings_ms) >= {"parse", "exact", "embed", "search", "decide", "upsert", "messages"}
     assert len(publisher.messages(DECISIONS)) == 3
     point = index.point("default", "m")
     assert point is not None
@@ -503,7 +498,7 @@ def test_result_counts_timings_and_payload() -> None:
     assert point.created_at == "2024-05-01T12:00:00+00:00"
     assert point.model == "hash-trigram-v1"
     decision = result.decisions[0]
-    assert decision == {
+    assert decision.model_dump(mode="json") == {
         "id": "a",
         "tenant": "default",
         "flagged": False,
@@ -518,7 +513,7 @@ def test_result_counts_timings_and_payload() -> None:
 
 def test_decisions_topic_is_off_by_default() -> None:
     publisher = ListPublisher()
-    run_batch([doc_record("a", SPAM, 0)], HashEncoder(), MemoryIndex(), publisher, StepConfig(0.8, "m"))
+    run_and_send([doc_record("a", SPAM, 0)], HashEncoder(), MemoryIndex(), publisher, StepConfig(0.8, "m"))
     assert publisher.sent == []
 
 
@@ -526,7 +521,7 @@ def test_unflagged_decision_reports_best_match_and_top_k() -> None:
     index = MemoryIndex()
     step([doc_record(f"c{i}", f"{CAT} {i}", i) for i in range(8)], index)
     result, publisher = step([doc_record("q", CAT, 20)], index, cfg=config(threshold=0.999, top_k=3))
-    decision = Decision.model_validate(result.decisions[0])
+    decision = result.decisions[0]
     assert decision.flagged is False
     assert len(decision.matches) == 3
     assert decision.score == decision.matches[0].score
@@ -548,10 +543,10 @@ def test_a_replay_republishes_the_first_decision_even_when_a_better_match_arrive
     r = doc_record("R", repost, 1, partition=0, timestamp_ms=3000)
     b = doc_record("B", repost, 0, partition=1, timestamp_ms=2000)  # the late one
     first = ListPublisher()
-    run_batch([a, r], HashEncoder(), index, first, cfg)  # published, then killed before the commit
+    run_and_send([a, r], HashEncoder(), index, first, cfg, TOPICS)  # published, then killed before the commit
     again = ListPublisher()
-    run_batch([b], HashEncoder(), index, again, cfg)  # after the restart, partition 1 comes first
-    run_batch([a, r], HashEncoder(), index, again, cfg)
+    run_and_send([b], HashEncoder(), index, again, cfg, TOPICS)  # after the restart, partition 1 comes first
+    run_and_send([a, r], HashEncoder(), index, again, cfg, TOPICS)
     flagged = dict(first.messages(FLAGS))
     assert json.loads(flagged[b"R"])["duplicate_of"] == "A"
     assert dict(again.messages(FLAGS))[b"R"] == flagged[b"R"]

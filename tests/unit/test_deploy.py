@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from worker.__main__ import dlq_max_bytes
+from worker.kafka.config import dlq_max_bytes
 from worker.service.settings import ENV_PREFIX, WorkerSettings
 
 from .test_compose import env_example, setting_names
@@ -241,7 +241,7 @@ def test_init_topics_creates_the_four_topics_with_their_partitions(fake_kafka: P
         assert f"--partitions {partitions} " in made[topic]
         assert "--if-not-exists" in made[topic]
         assert "--bootstrap-server kafka:9092" in made[topic]
-    assert f"max.message.bytes={dlq_max_bytes(DEFAULTS)}" in made["documents.dlq"]
+    assert f"max.message.bytes={dlq_max_bytes(DEFAULTS.max_message_bytes)}" in made["documents.dlq"]
     assert "cleanup.policy=compact,delete" in made["duplicate-flags"]
     # The fake reports 2 partitions: fewer than asked is reported and left alone, not altered.
     assert "documents has 2 partitions, fewer than the 4 asked" in result.stderr

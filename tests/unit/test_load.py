@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes import HashEncoder, ListPublisher, MemoryIndex, doc_record
-from worker.core.step import StepConfig, run_batch
-from worker.index.search import IndexMismatchError
+from tests.fakes import HashEncoder, ListPublisher, MemoryIndex, doc_record, run_and_send
+from worker.core.errors import IndexMismatchError
+from worker.core.step import StepConfig
 from worker.service.load import load_corpus
 
 SPAM = "Buy cheap watches at our store today, best prices guaranteed!"
@@ -67,7 +67,7 @@ def test_a_loaded_corpus_is_earlier_than_the_stream(tmp_path: Path) -> None:
     index, encoder = MemoryIndex(), HashEncoder()
     load_corpus(path, encoder, index, batch_size=100, progress=False)
     publisher = ListPublisher()
-    run_batch(
+    run_and_send(
         [doc_record("new", SPAM, 0, timestamp_ms=1)],
         encoder,
         index,

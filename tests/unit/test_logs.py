@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -15,11 +16,13 @@ from worker.core import logs
 @pytest.fixture
 def stream() -> Iterator[io.StringIO]:
     out = io.StringIO()
+    handlers = logging.getLogger().handlers[:]
     logs._configured = False
     logs.configure("INFO", "auto", stream=out)
     yield out
     logs._configured = False
     structlog.reset_defaults()
+    logging.getLogger().handlers = handlers
 
 
 def test_json_lines_when_not_a_terminal(stream: io.StringIO) -> None:
@@ -60,3 +63,12 @@ def test_tracebacks_carry_no_local_variables(stream: io.StringIO) -> None:
 def test_level_filters(stream: io.StringIO) -> None:
     logs.get_logger("test").debug("noise")
     assert "noise" not in stream.getvalue()
+
+
+def test_library_lines_through_stdlib_logging_are_json_too(stream: io.StringIO) -> None:
+    logging.getLogger("kafka.conn").warning("connect to %s failed", "127.0.0.1:9")
+    event = json.loads(stream.getvalue().splitlines()[-1])
+    assert event["event"] == "connect to 127.0.0.1:9 failed"
+    assert event["component"] == "kafka.conn"
+    assert event["level"] == "warning"
+    assert "timestamp" in event

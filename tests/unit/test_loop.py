@@ -11,14 +11,14 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.fakes import HashEncoder, ListPublisher, MemoryIndex, doc_record, raw_record
-from worker.core.errors import IndexUnavailableError, RebalancedError
-from worker.core.step import Record, StepConfig
-from worker.kafka.source import first_offsets, next_offsets
-from worker.service.loop import Backoff, run
+from worker.core.errors import Backoff, IndexUnavailableError, RebalancedError
+from worker.core.records import Record, first_offsets, next_offsets
+from worker.core.step import StepConfig
+from worker.service.loop import run
 from worker.service.status import Metrics, Readiness
 
 CONFIG = StepConfig(threshold=0.8, model_version="hash-trigram-v1")
-FAST = Backoff(initial_s=0.001, max_s=0.004)
+FAST = Backoff(initial_s=0.001, max_s=0.004, jitter=0.0)
 
 
 class ListSource:
@@ -280,3 +280,37 @@ def test_offsets_helpers_per_partition() -> None:
                doc_record("c", "z", 9, partition=1)]  # fmt: skip
     assert next_offsets(records) == {("documents", 1): 10, ("documents", 0): 4}
     assert first_offsets(records) == {("documents", 1): 5, ("documents", 0): 3}
+
+
+def test_the_batch_log_line_times_every_stage_publish_included() -> None:
+    events: list[str] = []
+    source, publisher = ListSource(stream(3), events), RecordingPublisher(events)
+    with capture_logs() as logged:
+        run(source, HashEncoder(), MemoryIndex(), publisher, CONFIG, threading.Event(), idle_timeout_s=0)
+    (line,) = [e for e in logged if e["event"] == "batch"]
+    stages = {
+        "parse",
+        "exact",
+        "embed",
+        "search",
+        "decide",
+        "upsert",
+        "messages",
+        "publish",
+        "flush",
+        "commit",
+    }
+    assert {f"{stage}_ms" for stage in stages} <= set(line)
+    assert line["total_ms"] >= line["publish_ms"] >= 0
+
+
+def test_back_off_waits_double_up_to_the_cap_and_are_jittered_below_it() -> None:
+    import random
+
+    backoff, rng = Backoff(initial_s=1.0, max_s=4.0, jitter=0.5), random.Random(3)
+    waits = [[backoff.wait_s(failures, rng) for failures in range(1, 6)] for _ in range(50)]
+    for row in waits:
+        for wait, ceiling in zip(row, [1.0, 2.0, 4.0, 4.0, 4.0], strict=True):
+            assert ceiling / 2 <= wait <= ceiling
+    assert len({row[0] for row in waits}) > 40  # replicas retry at different moments
+    assert Backoff(1.0, 4.0, jitter=0.0).wait_s(3, rng) == 4.0

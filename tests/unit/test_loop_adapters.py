@@ -19,9 +19,9 @@ from kafka.errors import (
 from kafka.structs import OffsetAndMetadata
 
 from worker.core.errors import BrokerUnavailableError, FatalError, RebalancedError
-from worker.core.step import Record
+from worker.core.records import Record, first_offsets, next_offsets
 from worker.kafka.publish import KafkaPublisher, TransactionalPublisher
-from worker.kafka.source import KafkaSource, first_offsets, next_offsets
+from worker.kafka.source import KafkaSource
 
 
 class Future:

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
-from bench.tiny import write_tiny_bert
+from devkit.tiny import write_tiny_bert
 from trainer.vocab import train_wordpiece
 from worker.model.directory import check_model_dir, load_model_dir, save_model_dir
 from worker.model.encode import TorchEncoder, load_encoder, token_batches
@@ -290,8 +290,9 @@ def test_the_worker_bounds_the_cpu_kernel_cache_before_it_loads_the_model(
     # oneDNN keeps one compiled kernel per batch shape, up to 1024 by default: embedding 27k posts in
     # stream-sized batches grew the process by 800 MiB. It reads the capacity once, at its first
     # kernel, so the worker must set it before the model's first forward pass.
-    from worker.__main__ import load_model
-    from worker.service.settings import ModelSettings, WorkerSettings
+    from worker.model.config import ModelSettings
+    from worker.service.settings import WorkerSettings
+    from worker.service.wiring import load_model
 
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     path = tiny_bilstm_dir(tmp_path / "m")[0]

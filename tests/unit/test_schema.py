@@ -17,9 +17,9 @@ from worker.core.messages import (
     Match,
     Source,
     dumps,
-    parse_record,
     timestamp_iso,
 )
+from worker.core.parse import parse_record
 
 
 def parse(value: bytes | None, key: bytes | None = None, max_bytes: int = 10_000) -> object:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
-from worker.core.step import BatchResult
+from tests.fakes import HashEncoder, MemoryIndex, doc_record, raw_record
+from worker.core.step import StepConfig, run_batch
 from worker.service.status import Metrics, Readiness, StatusServer
 
 
@@ -34,9 +35,14 @@ def test_health_readiness_and_metrics() -> None:
         readiness.backing_off = True
         assert get(server.port, "/readyz")[0] == 503
 
-        result = BatchResult(records=4, documents=3, flags=1, dead_letters=1)
-        result.decisions = [{"flagged": True, "stage": "exact"}, {"flagged": False, "stage": None}]
-        metrics.observe(result, 0.02, {"invalid_json": 1})  # type: ignore[arg-type]
+        batch = [
+            doc_record("a", "a post", 0),
+            doc_record("b", "a post", 1),  # an exact repost
+            raw_record(b"{not json", 2),
+            raw_record(None, 3, key=b"gone"),  # a tombstone
+        ]
+        result = run_batch(batch, HashEncoder(), MemoryIndex(), StepConfig(0.8, "hash-trigram-v1"))
+        metrics.observe(result, 0.02)
         metrics.lag.set(7)
         status, text = get(server.port, "/metrics")
         assert status == 200

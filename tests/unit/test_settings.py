@@ -6,8 +6,9 @@ import pytest
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
-from worker.__main__ import kafka_options, load_settings
-from worker.service.settings import ENV_PREFIX, KafkaSettings, WorkerSettings, settings_markdown
+from worker.kafka.config import KafkaSettings, kafka_options
+from worker.service.commands import load_settings
+from worker.service.settings import ENV_PREFIX, WorkerSettings, settings_markdown
 
 SECRET = "hunter2-do-not-print"
 SASL = {

@@ -18,15 +18,15 @@ Ranking: score descending, then earlier order key, then id. A score equal to the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
-OrderKey = tuple[int, int]  # (ts, pos), as in worker.index.search; kept local so this module stays pure
+from worker.core.ports import Candidate, Stage
+from worker.core.records import OrderKey
 
-Stage = Literal["exact", "batch", "index"]
 SCORE_DECIMALS = 6
 
 
@@ -38,16 +38,6 @@ def round_score(value: float) -> float:
 def clamp_score(cosine: float) -> float:
     """A cosine of unit vectors, rounded; float error can step just outside [-1, 1]."""
     return round_score(max(-1.0, min(1.0, cosine)))
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """One earlier document a document may duplicate; ``stage`` says how it was found."""
-
-    doc_id: str
-    score: float  # rounded with round_score
-    order: OrderKey
-    stage: Stage
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,3 +157,27 @@ def decide(ranked: Sequence[Candidate], threshold: float) -> Verdict:
     """Flag when the best candidate's score ≥ threshold (both rounded to 6 decimals)."""
     flagged = bool(ranked) and ranked[0].score >= round_score(threshold)
     return Verdict(matches=list(ranked), flagged=flagged)
+
+
+def encode_verdict(verdict: Verdict) -> str:
+    """A decision as stored with the document's point (compact JSON, candidates in rank order)."""
+    rows = [[c.doc_id, c.score, c.order[0], c.order[1], c.stage] for c in verdict.matches]
+    return json.dumps({"flagged": verdict.flagged, "matches": rows}, separators=(",", ":"))
+
+
+def decode_verdict(text: str | None) -> Verdict | None:
+    """The stored decision, or None when absent or unreadable (the document is then decided afresh)."""
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+        matches = [
+            Candidate(str(i), float(s), (int(ts), int(pos)), _STAGES[st])
+            for i, s, ts, pos, st in data["matches"]
+        ]
+        return Verdict(matches, bool(data["flagged"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+_STAGES: dict[str, Stage] = {"exact": "exact", "batch": "batch", "index": "index"}

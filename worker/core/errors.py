@@ -11,6 +11,8 @@ decides which is which; adapters at the edges (``consume``, ``publish``, the ind
 from __future__ import annotations
 
 import enum
+import random
+from dataclasses import dataclass
 
 
 class TwinflagError(Exception):
@@ -53,3 +55,23 @@ def policy(exc: BaseException) -> Action:
     if getattr(type(exc), "retriable", False) is True:
         return Action.BACK_OFF
     return Action.EXIT
+
+
+class IndexMismatchError(RuntimeError):
+    """The collection holds another vector space than the model: refuse to mix them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Waits between retries while a dependency is away: doubled per failure from ``initial_s``, capped
+    at ``max_s``, each drawn from ``[(1 - jitter) × delay, delay]`` so that replicas cut off by one
+    outage do not all retry in the same instant."""
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    jitter: float = 0.5
+
+    def wait_s(self, failures: int, rng: random.Random) -> float:
+        """The wait after the ``failures``-th consecutive failure (1 for the first)."""
+        delay = min(self.initial_s * 2.0 ** max(failures - 1, 0), self.max_s)
+        return delay * (1.0 - self.jitter * rng.random())

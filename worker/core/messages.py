@@ -1,4 +1,4 @@
-"""Typed messages in and out, and ``parse_record``: raw bytes → a document, a deletion or a reason.
+"""Typed messages in and out, and the builders of the outgoing ones. Parsing is ``worker.core.parse``.
 
 In (topic ``documents``): ``{"id", "text", "tenant"?, "created_at"?, "meta"?}`` or a deletion
 ``{"id", "tenant"?, "deleted": true}``; a Kafka tombstone (null value, key = document id) deletes that id
@@ -15,33 +15,28 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from worker.core.decide import Stage, round_score
+from worker.core.decide import Verdict, round_score
 from worker.core.normalize import normalize
-
-if TYPE_CHECKING:  # batch imports this module; the record type is only needed for annotations
-    from worker.core.step import Record
+from worker.core.ports import Stage
+from worker.core.records import Record
 
 DEFAULT_MAX_ID_CHARS = 256
 MAX_TENANT_CHARS = 256
-MAX_DEPTH = 64
-"""Deepest JSON nesting accepted (the top-level object counts as 1): meta is opaque data, not a tree."""
 
 ReasonCode = Literal[
     "oversized",
@@ -225,9 +220,6 @@ def timestamp_iso(timestamp_ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-# ---------------------------------------------------------------------------------------- parsing
-
-
 @dataclass(frozen=True, slots=True)
 class DeadLetterReason:
     """Why a record is unusable. Per-record problems are data, not exceptions."""
@@ -239,135 +231,73 @@ class DeadLetterReason:
         return f"{self.code}: {self.detail}"
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# ------------------------------------------------------------------------------------- builders
+
+MAX_KEY_BYTES = 16 * 1024
+"""A dead letter's key (and ``key_b64``) keeps at most this much of the original."""
 
 
-def parse_record(record: Record, max_bytes: int, max_id_chars: int) -> Document | Deletion | DeadLetterReason:
-    """Raw record → ``Document``, ``Deletion`` or the reason it is a dead letter. Never raises.
+def source_of(record: Record) -> Source:
+    return Source(topic=record.topic, partition=record.partition, offset=record.offset)
 
-    Checks, in order: tombstone (null value) → size → UTF-8 → JSON (standard only: no NaN/Infinity) →
-    nesting depth → an object → ``deleted: true`` → field types → no lone surrogate escapes in id,
-    tenant or text (they cannot be encoded back to UTF-8) → text not empty after normalisation.
-    Over-long text is accepted: the encoder truncates it to the model's token limit.
+
+def decision_message(record: Record, document: Document, verdict: Verdict, model: str) -> Decision:
+    """The outcome for one document, flagged or not."""
+    match, best = verdict.duplicate_of, verdict.best
+    return Decision(
+        id=document.id,
+        tenant=document.tenant,
+        flagged=verdict.flagged,
+        duplicate_of=None if match is None else match.doc_id,
+        score=None if best is None else best.score,
+        matches=[Match(id=c.doc_id, score=c.score) for c in verdict.matches],
+        stage=None if match is None else match.stage,
+        model=model,
+        source=source_of(record),
+    )
+
+
+def flag_message(
+    record: Record, document: Document, verdict: Verdict, threshold: float, model: str
+) -> DuplicateFlag | None:
+    """What a moderator audits, for a flagged document; None when the document is not flagged."""
+    match = verdict.duplicate_of
+    if match is None:
+        return None
+    return DuplicateFlag(
+        id=document.id,
+        duplicate_of=match.doc_id,
+        score=match.score,
+        threshold=threshold,
+        matches=[Match(id=c.doc_id, score=c.score) for c in verdict.matches],
+        tenant=document.tenant,
+        stage=match.stage,
+        model=model,
+        detected_at=timestamp_iso(record.timestamp_ms),
+        source=source_of(record),
+    )
+
+
+def clip(data: bytes | None, limit: int) -> bytes | None:
+    return data if data is None or len(data) <= limit else data[:limit]
+
+
+def dead_letter_message(record: Record, reason: DeadLetterReason, model: str, max_bytes: int) -> DeadLetter:
+    """The dead letter of one record, small enough to publish whatever the record's size.
+
+    The whole original would not fit under the producer's request limit when the record itself was
+    over ``max_bytes`` (base64 adds a third); the dead letter then keeps the first ``max_bytes`` bytes
+    and says so, and the record itself stays readable at its source position.
     """
-    if record.value is None:
-        return _tombstone(record.key, max_id_chars)
-    if len(record.value) > max_bytes:
-        return DeadLetterReason("oversized", f"{len(record.value)} bytes > {max_bytes}")
-    try:
-        raw = record.value.decode("utf-8")
-    except UnicodeDecodeError as error:
-        return DeadLetterReason("invalid_utf8", f"{error.reason} at byte {error.start}")
-    try:
-        obj = json.loads(raw, parse_constant=_reject_constant)
-    except json.JSONDecodeError as error:
-        return DeadLetterReason("invalid_json", f"{error.msg} at line {error.lineno} col {error.colno}")
-    except ValueError as error:  # NaN/Infinity, or an integer beyond Python's digit limit
-        return DeadLetterReason("invalid_json", str(error)[:200])
-    except RecursionError:
-        return DeadLetterReason("too_deep", "nesting exceeds the JSON parser's recursion limit")
-    if _depth(obj) > MAX_DEPTH:
-        return DeadLetterReason("too_deep", f"nesting deeper than {MAX_DEPTH}")
-    if not isinstance(obj, dict):
-        return DeadLetterReason("not_object", f"top-level JSON {_json_type(obj)}, expected an object")
-    context = {"max_id_chars": max_id_chars}
-    deleted = obj.get("deleted", False)
-    if not isinstance(deleted, bool):
-        return DeadLetterReason("wrong_type", "deleted: must be a boolean")
-    try:
-        if deleted:
-            deletion = Deletion.model_validate(obj, context=context)
-            return _unicode_problem(deletion.id, deletion.tenant or "") or deletion
-        document = Document.model_validate(obj, context=context)
-    except ValidationError as error:
-        return _reason(error)
-    problem = _unicode_problem(document.id, document.tenant, document.text)
-    if problem is not None:
-        return problem
-    if not document.normalized_text:
-        return DeadLetterReason("empty_text", "text is empty after normalisation")
-    return document
-
-
-def _tombstone(key: bytes | None, max_id_chars: int) -> Deletion | DeadLetterReason:
-    if key is None:
-        return DeadLetterReason("invalid_tombstone", "null value and no key: nothing to delete")
-    try:
-        doc_id = key.decode("utf-8")
-    except UnicodeDecodeError as error:
-        detail = f"key is not UTF-8 ({error.reason} at byte {error.start})"
-        return DeadLetterReason("invalid_tombstone", detail)
-    if not doc_id:
-        return DeadLetterReason("empty_id", "tombstone with an empty key")
-    if len(doc_id) > max_id_chars:
-        return DeadLetterReason("id_too_long", f"{len(doc_id)} chars > {max_id_chars}")
-    return Deletion.model_validate({"id": doc_id, "tenant": None}, context={"max_id_chars": max_id_chars})
-
-
-class _NonStandardJSONError(ValueError):
-    pass
-
-
-def _reject_constant(name: str) -> object:
-    raise _NonStandardJSONError(f"non-standard constant {name}")
-
-
-def _depth(obj: object) -> int:
-    """Nesting depth without recursion (a scalar is 0, ``{}`` is 1)."""
-    deepest = 0
-    stack: list[tuple[object, int]] = [(obj, 1)]
-    while stack:
-        node, level = stack.pop()
-        if isinstance(node, dict):
-            children: list[object] = list(node.values())
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        deepest = max(deepest, level)
-        if deepest > MAX_DEPTH:
-            return deepest
-        stack.extend((child, level + 1) for child in children)
-    return deepest
-
-
-def _json_type(obj: object) -> str:
-    if obj is None:
-        return "null"
-    if isinstance(obj, bool):
-        return "boolean"
-    if isinstance(obj, int | float):
-        return "number"
-    if isinstance(obj, str):
-        return "string"
-    return "array"
-
-
-def _unicode_problem(*fields: str) -> DeadLetterReason | None:
-    for name, value in zip(("id", "tenant", "text"), fields, strict=False):
-        match = _LONE_SURROGATE.search(value)
-        if match is not None:
-            return DeadLetterReason("invalid_unicode", f"{name}: lone surrogate at char {match.start()}")
-    return None
-
-
-_FIELD_CODES: dict[str, ReasonCode] = {"tenant": "invalid_tenant", "created_at": "invalid_created_at"}
-
-
-def _reason(error: ValidationError) -> DeadLetterReason:
-    """The first validation error (fields in declaration order) → a code and a short detail.
-
-    The detail names the field and the rule, never the value: it ends up in logs and dashboards.
-    """
-    first = error.errors(include_url=False, include_input=False)[0]
-    field = ".".join(str(part) for part in first["loc"]) or "(object)"
-    kind, message = first["type"], first["msg"]
-    if kind == "missing":
-        return DeadLetterReason("missing_field", field)
-    if kind == "id_too_long":
-        return DeadLetterReason("id_too_long", message)
-    if field == "id" and kind == "string_too_short":
-        return DeadLetterReason("empty_id", "id is an empty string")
-    if kind.endswith("_type") and kind != "created_at_type":
-        return DeadLetterReason("wrong_type", f"{field}: {message}")
-    return DeadLetterReason(_FIELD_CODES.get(field, "wrong_type"), f"{field}: {message}")
+    key, value = clip(record.key, MAX_KEY_BYTES), clip(record.value, max_bytes)
+    return DeadLetter(
+        code=reason.code,
+        reason=str(reason),
+        key_b64=b64(key),
+        value_b64=b64(value),
+        value_bytes=None if record.value is None else len(record.value),
+        truncated=key != record.key or value != record.value,
+        source=source_of(record),
+        model=model,
+        detected_at=timestamp_iso(record.timestamp_ms),
+    )

@@ -1,15 +1,16 @@
-"""The batch step: records → decisions, flags, dead letters, index updates. Pure over protocols.
+"""The batch step: records → a typed outcome (decisions, flags, dead letters) and index updates.
 
-CONTRACT (owned by the core helper; the types and the signature of ``run_batch`` are fixed).
-It never imports kafka, qdrant_client or torch. Order inside: parse/validate → normalise + hash →
-deletions → exact fast path → reuse stored vectors on replay / embed the rest → in-batch matches in
-arrival order → one batched index search → decide → upsert → publish (send). The caller then flushes
-the publisher, flushes the index, and commits.
+Pure over the protocols of ``worker.core.ports``: it never imports kafka, qdrant_client or torch.
+Order inside: parse/validate → normalise + hash → deletions → exact fast path → reuse stored vectors
+on replay / embed the rest → in-batch matches in arrival order → one batched index search → decide →
+upsert → the outcome's messages. Nothing is sent here: the caller turns the outcome into topics and
+bytes (``worker.core.emit``), sends them, flushes the publisher, flushes the index, and commits. The
+upsert comes first, so no flag can leave before its decision is stored.
 
-Semantics worth knowing (the visibility rule itself is in ``worker/decide.py``):
+Semantics worth knowing (the visibility rule itself is in ``worker.core.decide``):
 
 - Records are processed in order-key order ``(timestamp_ms, partition << 40 | offset)``, whatever order
-  the poll returned them in; outputs are sent in that order too.
+  the poll returned them in; the outcome lists them in that order, and they are sent in it.
 - Deletions act on the whole batch: the index deletion runs first, and a document of the same batch that
   arrived before the deletion is neither a candidate for anyone nor upserted. A document with that id
   arriving *after* the deletion is a new post and is kept.
@@ -25,105 +26,62 @@ Semantics worth knowing (the visibility rule itself is in ``worker/decide.py``):
   Index neighbours are rescored in float64 from their stored vectors, so scores do not depend on which
   side of a batch boundary a match sat. ``stage`` ("batch" or "index") does depend on the boundaries.
   Across partitions, what a document can see depends on the source handing records out in order-key
-  order (``KafkaSource`` merges its partitions by timestamp; README, "Reruns agree").
+  order (``worker.kafka.source.KafkaSource`` merges its partitions by timestamp; README, "Reruns agree").
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from worker.core.decide import (
-    Candidate,
-    Stage,
     Verdict,
     batch_candidates,
     clamp_score,
     cosine,
     decide,
+    decode_verdict,
+    encode_verdict,
     exact_in_batch,
     similarities,
     visibility,
 )
 from worker.core.decide import top_k as merge_top_k
 from worker.core.messages import (
-    DeadLetter,
+    DEFAULT_MAX_ID_CHARS,
     DeadLetterReason,
-    Decision,
     Deletion,
     Document,
-    DuplicateFlag,
-    Match,
-    Source,
-    b64,
-    canonical_json,
-    dumps,
-    parse_record,
-    timestamp_iso,
+    dead_letter_message,
+    decision_message,
+    flag_message,
 )
 from worker.core.normalize import text_hash
-from worker.index.search import HashQuery, IndexPoint, Neighbour, OrderKey, Query, StoredVector, VectorIndex
-from worker.kafka.publish import FlagPublisher
-from worker.model.encode import Encoder
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One consumed record, transport-neutral (Kafka or a line of a JSONL file)."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
+from worker.core.outcome import BatchOutcome, DeadLettered, Decided, Deleted, RecordOutcome
+from worker.core.parse import parse_record
+from worker.core.ports import Candidate, Encoder, HashQuery, IndexPoint, Query, StoredVector, VectorIndex
+from worker.core.records import OrderKey, Record, order_key
 
 
 @dataclass(frozen=True, slots=True)
 class StepConfig:
+    """What the step decides with: the threshold and model, how many matches a flag lists, input limits."""
+
     threshold: float
     model_version: str
-    flags_topic: str = "duplicate-flags"
-    dlq_topic: str = "documents.dlq"
-    decisions_topic: str | None = None  # every decision, flagged or not; off by default
     top_k: int = 5
     max_message_bytes: int = 1_000_000
-    max_id_chars: int = 256
+    max_id_chars: int = DEFAULT_MAX_ID_CHARS
 
 
-@dataclass(slots=True)
-class BatchResult:
-    records: int = 0
-    documents: int = 0
-    flags: int = 0
-    dead_letters: int = 0
-    deletions: int = 0
-    exact: int = 0
-    reused_vectors: int = 0
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    decisions: list[dict[str, object]] = field(default_factory=list)  # one per valid document, in order
-
-
-MAX_TIMESTAMP_MS = 2**53 - 1  # the index compares order keys through f64 (worker/search.py)
 TIE_MARGIN = 2
 """The index is asked for ``TIE_MARGIN * top_k`` neighbours, ranked here and cut to ``top_k``: equal
 scores (copies of one text share a vector) are then ranked by order key and id, not by whichever copies
 the index's own cut happened to keep, unless more than that many tie at the cut."""
-
-
-def order_key(record: Record) -> OrderKey:
-    """What "earlier" means: record timestamp, then partition and offset (DEVELOPERS.md).
-
-    Timestamps outside ``[0, 2**53)`` (Kafka's -1 for "none", garbage) are clamped into it: such a
-    record still gets a decision instead of stopping the worker on the index's range check.
-    """
-    timestamp = min(max(record.timestamp_ms, 0), MAX_TIMESTAMP_MS)
-    return (timestamp, record.partition << 40 | record.offset)
 
 
 @dataclass(slots=True)
@@ -156,15 +114,14 @@ def run_batch(
     records: Sequence[Record],
     encoder: Encoder,
     index: VectorIndex,
-    publisher: FlagPublisher,
     config: StepConfig,
-) -> BatchResult:
-    """Decide every record of one poll; send flags, decisions and dead letters; upsert the documents.
+) -> BatchOutcome:
+    """Decide every record of one poll and upsert the documents; return what to publish.
 
-    Per-record problems become dead letters; exceptions from the encoder, the index or the publisher
-    propagate (process-level: the caller must not commit).
+    Per-record problems become dead letters; exceptions from the encoder or the index propagate
+    (process-level: the caller must not commit).
     """
-    result = BatchResult(records=len(records))
+    result = BatchOutcome(records=len(records))
     timer = _Timer(result.timings_ms)
     with timer("parse"):
         parsed = _parse(records, config)
@@ -201,37 +158,13 @@ def run_batch(
         points = _points(docs, verdicts, config.model_version)
         if points:
             index.upsert(points)
-    with timer("publish"):
-        result.decisions = _publish(parsed, docs, verdicts, publisher, config)
+    with timer("messages"):
+        result.outcomes = _outcomes(parsed, docs, verdicts, config)
     return result
 
 
-def encode_verdict(verdict: Verdict) -> str:
-    """A decision as stored with the document's point (compact JSON, candidates in rank order)."""
-    rows = [[c.doc_id, c.score, c.order[0], c.order[1], c.stage] for c in verdict.matches]
-    return json.dumps({"flagged": verdict.flagged, "matches": rows}, separators=(",", ":"))
-
-
-def decode_verdict(text: str | None) -> Verdict | None:
-    """The stored decision, or None when absent or unreadable (the document is then decided afresh)."""
-    if text is None:
-        return None
-    try:
-        data = json.loads(text)
-        matches = [
-            Candidate(str(i), float(s), (int(ts), int(pos)), _STAGES[st])
-            for i, s, ts, pos, st in data["matches"]
-        ]
-        return Verdict(matches, bool(data["flagged"]))
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-_STAGES: dict[str, Stage] = {"exact": "exact", "batch": "batch", "index": "index"}
-
-
 class _Timer:
-    """Adds each stage's wall time, in milliseconds, to ``BatchResult.timings_ms``."""
+    """Adds each stage's wall time, in milliseconds, to ``BatchOutcome.timings_ms``."""
 
     def __init__(self, into: dict[str, float]) -> None:
         self._into = into
@@ -293,7 +226,7 @@ def _first_versions(docs: list[_Doc]) -> dict[tuple[str, str], OrderKey]:
     return first
 
 
-def _invisible(neighbour: Neighbour, doc: _Doc, first_version: dict[tuple[str, str], OrderKey]) -> bool:
+def _invisible(neighbour: Candidate, doc: _Doc, first_version: dict[tuple[str, str], OrderKey]) -> bool:
     """Neighbours the document must not match: itself, later posts (the index should not return
     those; checked again because the guarantee matters), and stale versions of ids in the batch."""
     if neighbour.doc_id == doc.document.id or neighbour.order >= doc.order:
@@ -412,88 +345,24 @@ def _vector(doc: _Doc) -> np.ndarray:
     return doc.vector
 
 
-def _publish(
-    parsed: list[_Parsed],
-    docs: list[_Doc],
-    verdicts: list[Verdict],
-    publisher: FlagPublisher,
-    config: StepConfig,
-) -> list[dict[str, object]]:
-    """Send flags, decisions and dead letters in order-key order; return the decisions as dicts."""
+def _outcomes(
+    parsed: list[_Parsed], docs: list[_Doc], verdicts: list[Verdict], config: StepConfig
+) -> list[RecordOutcome]:
+    """Each record's outcome with its typed messages, in order-key order."""
     decided = iter(zip(docs, verdicts, strict=True))  # docs were built from `parsed`, in its order
-    decisions: list[dict[str, object]] = []
+    out: list[RecordOutcome] = []
     for p in parsed:
-        source = Source(topic=p.record.topic, partition=p.record.partition, offset=p.record.offset)
         if isinstance(p.item, DeadLetterReason):
-            letter = _dead_letter(p.record, p.item, source, config.model_version, config.max_message_bytes)
-            publisher.send(config.dlq_topic, _clip(p.record.key, MAX_KEY_BYTES), dumps(letter))
-            continue
-        if isinstance(p.item, Deletion):
-            continue
-        doc, verdict = next(decided)
-        key = doc.document.id.encode("utf-8")
-        matches = [Match(id=c.doc_id, score=c.score) for c in verdict.matches]
-        match, best = verdict.duplicate_of, verdict.best
-        if match is not None:
-            flag = DuplicateFlag(
-                id=doc.document.id,
-                duplicate_of=match.doc_id,
-                score=match.score,
-                threshold=config.threshold,
-                matches=matches,
-                tenant=doc.document.tenant,
-                stage=match.stage,
-                model=config.model_version,
-                detected_at=timestamp_iso(p.record.timestamp_ms),
-                source=source,
-            )
-            publisher.send(config.flags_topic, key, dumps(flag))
-        decision = Decision(
-            id=doc.document.id,
-            tenant=doc.document.tenant,
-            flagged=verdict.flagged,
-            duplicate_of=None if match is None else match.doc_id,
-            score=None if best is None else best.score,
-            matches=matches,
-            stage=None if match is None else match.stage,
-            model=config.model_version,
-            source=source,
-        )
-        as_json = decision.model_dump(mode="json")
-        if config.decisions_topic is not None:
-            publisher.send(config.decisions_topic, key, canonical_json(as_json))
-        decisions.append(as_json)
-    return decisions
-
-
-MAX_KEY_BYTES = 16 * 1024  # a dead letter's key (and key_b64) keeps at most this much of the original
-
-
-def _clip(data: bytes | None, limit: int) -> bytes | None:
-    return data if data is None or len(data) <= limit else data[:limit]
-
-
-def _dead_letter(
-    record: Record, reason: DeadLetterReason, source: Source, model: str, max_bytes: int
-) -> DeadLetter:
-    """The dead letter of one record, small enough to publish whatever the record's size.
-
-    The whole original would not fit under the producer's request limit when the record itself was
-    over ``max_bytes`` (base64 adds a third); the dead letter then keeps the first ``max_bytes`` bytes
-    and says so, and the record itself stays readable at its source position.
-    """
-    key, value = _clip(record.key, MAX_KEY_BYTES), _clip(record.value, max_bytes)
-    return DeadLetter(
-        code=reason.code,
-        reason=str(reason),
-        key_b64=b64(key),
-        value_b64=b64(value),
-        value_bytes=None if record.value is None else len(record.value),
-        truncated=key != record.key or value != record.value,
-        source=source,
-        model=model,
-        detected_at=timestamp_iso(record.timestamp_ms),
-    )
+            letter = dead_letter_message(p.record, p.item, config.model_version, config.max_message_bytes)
+            out.append(DeadLettered(p.record, letter))
+        elif isinstance(p.item, Deletion):
+            out.append(Deleted(p.record, p.item))
+        else:
+            doc, verdict = next(decided)
+            decision = decision_message(p.record, doc.document, verdict, config.model_version)
+            flag = flag_message(p.record, doc.document, verdict, config.threshold, config.model_version)
+            out.append(Decided(p.record, decision, flag))
+    return out
 
 
 def _points(docs: list[_Doc], verdicts: list[Verdict], model: str) -> list[IndexPoint]:

@@ -1,9 +1,4 @@
-"""Flags, decisions and dead letters → Kafka.
-
-CONTRACT (owned by the Kafka helper; the protocol is fixed).
-
-``FlagPublisher`` is all the batch step sees. The loop drives a ``BatchPublisher``, which also owns how
-a finished batch is committed, so one loop serves both delivery modes:
+"""A batch's messages → Kafka, framed per batch: the loop's ``worker.core.ports.BatchPublisher``.
 
 - ``KafkaPublisher`` (at-least-once): an idempotent producer (``acks=all``, ``enable_idempotence``);
   ``flush`` waits for every acknowledgement and raises if any send failed; then the *consumer* commits.
@@ -13,50 +8,25 @@ a finished batch is committed, so one loop serves both delivery modes:
   failure aborts. After a failed abort it drops the producer; the next batch builds a fresh one, whose
   ``init_transactions`` fences the old one and (on Apache Kafka) aborts its open transaction.
 
-kafka-python is imported lazily: ``worker.core.step`` imports this module and must stay free of Kafka.
+kafka-python failures are translated into ``worker.core.errors`` here, so the loop never sees them.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
+
+from kafka.errors import KafkaTimeoutError
 
 from worker.core.errors import BrokerUnavailableError, FatalError, RebalancedError, TwinflagError
-
-if TYPE_CHECKING:
-    from worker.kafka.source import Offsets, Source
-
-
-class FlagPublisher(Protocol):
-    """Where the batch step sends its output. ``send`` may buffer; ``flush`` makes it durable."""
-
-    def send(self, topic: str, key: bytes | None, value: bytes) -> None: ...
-
-    def flush(self, timeout_s: float) -> None:
-        """Block until every send so far is acknowledged; raise if that cannot happen in time."""
-
-
-class BatchPublisher(FlagPublisher, Protocol):
-    """A ``FlagPublisher`` that also frames each batch: begin, then commit (or abort)."""
-
-    def begin(self) -> None:
-        """Before the batch's first send (exactly-once: begin the transaction)."""
-
-    def commit(self, offsets: Offsets, source: Source) -> None:
-        """After ``flush`` and the index flush: at-least-once commits through the consumer,
-        exactly-once sends the offsets inside the transaction and commits it."""
-
-    def abort(self) -> None:
-        """The batch failed: forget its sends (exactly-once: abort the transaction). Never raises."""
-
-    def close(self, timeout_s: float) -> None: ...
+from worker.core.ports import RecordSource
+from worker.core.records import Offsets
+from worker.kafka.config import REFUSED_COMMIT, to_kafka
 
 
 def _translate(error: Exception, doing: str) -> TwinflagError:
     """A kafka-python error → ours: retriable ones are an outage, the rest are fatal."""
-    from kafka.errors import KafkaTimeoutError
-
     name = type(error).__name__
     if isinstance(error, KafkaTimeoutError) or getattr(type(error), "retriable", False) is True:
         return BrokerUnavailableError(f"{doing}: {name}")
@@ -91,7 +61,7 @@ class KafkaPublisher:
             raise _translate(first, f"{len(failed)} of {len(self._pending)} sends failed") from first
         self._pending.clear()
 
-    def commit(self, offsets: Offsets, source: Source) -> None:
+    def commit(self, offsets: Offsets, source: RecordSource) -> None:
         source.commit(offsets)
 
     def abort(self) -> None:
@@ -147,16 +117,7 @@ class TransactionalPublisher(KafkaPublisher):
             raise _translate(error, "begin_transaction") from error
         self._in_transaction = True
 
-    def commit(self, offsets: Offsets, source: Source) -> None:
-        from kafka.errors import (
-            CommitFailedError,
-            IllegalGenerationError,
-            RebalanceInProgressError,
-            UnknownMemberIdError,
-        )
-
-        from worker.kafka.source import to_kafka
-
+    def commit(self, offsets: Offsets, source: RecordSource) -> None:
         producer, metadata = self._producer, source.group_metadata()
         try:
             _bounded(
@@ -167,12 +128,7 @@ class TransactionalPublisher(KafkaPublisher):
             _bounded(producer.commit_transaction, self._timeout_s, "commit_transaction")
         except TwinflagError:
             raise
-        except (
-            CommitFailedError,
-            IllegalGenerationError,
-            UnknownMemberIdError,
-            RebalanceInProgressError,
-        ) as e:
+        except REFUSED_COMMIT as e:
             raise RebalancedError(f"transaction offsets refused: {type(e).__name__}") from e
         except Exception as error:
             raise _translate(error, "commit_transaction") from error

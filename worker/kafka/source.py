@@ -1,9 +1,9 @@
 """Kafka → batches of ``Record``s; commit what was processed. Auto-commit is off: nothing is committed
 that the loop has not finished (published, flushed, indexed).
 
-``Source`` is what the loop needs; ``KafkaSource`` wraps a ``kafka.KafkaConsumer`` and translates its
-failures into ``worker.core.errors`` (an outage is ``BrokerUnavailableError``, a group that moved on is
-``RebalancedError``), so the loop never handles a kafka-python exception.
+``KafkaSource`` is the loop's ``worker.core.ports.RecordSource``: it wraps a ``kafka.KafkaConsumer``
+and translates its failures into ``worker.core.errors`` (an outage is ``BrokerUnavailableError``, a
+group that moved on is ``RebalancedError``), so the loop never handles a kafka-python exception.
 
 Group membership and slow batches. kafka-python heartbeats from a background thread, so a long batch
 does not end the *session*; but a gap between two polls longer than ``max_poll_interval_ms`` makes the
@@ -13,81 +13,28 @@ batch size whenever a batch used more than half of ``max_poll_interval_ms`` (or 
 then grows it back one step per quick batch. Rebalances themselves need no care on revoke: the loop
 commits after each finished batch and before the next poll (where rebalance callbacks run), so at
 revoke time nothing half-done exists, and a new owner starts from the last commit.
+
+Partitions are merged in order-key order by ``worker.kafka.ordering.OrderedMerge``; this module feeds it
+and asks the consumer, without a request, which partitions are not yet read to their end.
 """
 
 from __future__ import annotations
 
-import collections
 import math
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import (
-    CommitFailedError,
-    IllegalGenerationError,
-    KafkaError,
-    RebalanceInProgressError,
-    UnknownMemberIdError,
-)
-from kafka.structs import OffsetAndMetadata
+from kafka.errors import KafkaError
 
 from worker.core.errors import BrokerUnavailableError, RebalancedError
 from worker.core.logs import get_logger
-from worker.core.step import Record
-
-Partition = tuple[str, int]
-"""(topic, partition); ``kafka.TopicPartition`` is a namedtuple of the same shape."""
-
-Offsets = Mapping[Partition, int]
+from worker.core.records import Offsets, Partition, Record, next_offsets
+from worker.kafka.config import REFUSED_COMMIT, to_kafka
+from worker.kafka.ordering import OrderedMerge
 
 log = get_logger("consume")
-
-_REFUSED_COMMIT = (CommitFailedError, IllegalGenerationError, UnknownMemberIdError, RebalanceInProgressError)
-
-
-class Source(Protocol):
-    """What the loop consumes from."""
-
-    def poll(self, max_records: int | None = None) -> list[Record]:
-        """The next batch: up to ``max_records`` (and the source's own limit), or what came in time."""
-
-    joined: bool
-    """The consumer group has assigned this member its partitions (an empty assignment included)."""
-
-    def commit(self, offsets: Offsets) -> None:
-        """Commit ``last_offset + 1`` per partition (see ``next_offsets``). Raises ``RebalancedError``."""
-
-    def rewind(self, offsets: Offsets) -> None:
-        """Seek back so the next poll starts at these offsets again (an unfinished batch's first)."""
-
-    def group_metadata(self) -> object:
-        """The consumer group snapshot a transactional producer commits offsets with."""
-
-    def lag(self) -> int | None:
-        """Records between the position and the end of the assigned partitions; None if unknown."""
-
-    def close(self, timeout_s: float) -> None: ...
-
-
-def next_offsets(records: Sequence[Record]) -> dict[Partition, int]:
-    """The offsets to commit after ``records``: per partition, the last offset + 1."""
-    offsets: dict[Partition, int] = {}
-    for record in records:
-        key = (record.topic, record.partition)
-        offsets[key] = max(offsets.get(key, 0), record.offset + 1)
-    return offsets
-
-
-def first_offsets(records: Sequence[Record]) -> dict[Partition, int]:
-    """Where ``records`` started, per partition: where to rewind to if the batch is not finished."""
-    offsets: dict[Partition, int] = {}
-    for record in records:
-        key = (record.topic, record.partition)
-        offsets[key] = min(offsets.get(key, record.offset), record.offset)
-    return offsets
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is untyped
@@ -105,20 +52,13 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-pytho
 
 
 class KafkaSource:
-    """A subscribed ``KafkaConsumer`` (built with ``enable_auto_commit=False``) as a ``Source``.
+    """A subscribed ``KafkaConsumer`` (built with ``enable_auto_commit=False``) as a ``RecordSource``.
 
-    Batches are merged across partitions in order-key order ``(timestamp, partition, offset)``. Fetched
-    records wait in per-partition buffers; a record is handed out only when no partition that has not
-    been read to its end could still hold an earlier one (its buffer reaches past that timestamp), or
-    when it has waited ``order_wait_s``. Otherwise a backlog, which Kafka hands out partition by
-    partition, would let a repost be decided before the original it repeats (in another partition,
-    earlier by timestamp) had been seen, and two runs over the same records would disagree. A
-    partition's first fetch can take over a second after a join (seen on Tansu), so the wait is
-    separate from ``poll_timeout_s``; a live stream, where every partition is read to its end, never
-    waits. While one partition stalls, buffers grow by what the others deliver in ``order_wait_s`` at
-    most. Buffered records are never committed (only what a batch returned is) and are fetched again
-    after a rewind or a rebalance. (No ``pause()``: kafka-python 3.0.12 can strand a partially drained
-    fetch of a paused partition and never fetch that partition again; seen against Tansu.)
+    Batches are merged across partitions in order-key order (``worker.kafka.ordering``). A partition's
+    first fetch can take over a second after a join (seen on Tansu), so the order wait is separate from
+    ``poll_timeout_s``. While one partition stalls, buffers grow by what the others deliver in
+    ``order_wait_s`` at most. (No ``pause()``: kafka-python 3.0.12 can strand a partially drained fetch
+    of a paused partition and never fetch that partition again; seen against Tansu.)
     """
 
     def __init__(
@@ -140,6 +80,7 @@ class KafkaSource:
         self._limit = max_records
         self._poll_timeout_s = poll_timeout_s
         self._order_wait_s = order_wait_s
+        self._merge = OrderedMerge(order_wait_s)
         self._max_poll_interval_s = max_poll_interval_s
         self._request_timeout_ms = int(request_timeout_s * 1000)
         self._probe_every_s = probe_every_s
@@ -147,8 +88,6 @@ class KafkaSource:
         self._last_size = 0
         self._last_contact = time.monotonic()
         self._next: dict[Partition, int] = {}  # per partition: the offset after the last record returned
-        self._buffers: dict[Partition, collections.deque[Record]] = {}
-        self._blocked_since: dict[Partition, float] = {}  # behind, nothing buffered: holds the rest back
         self._logged_stall: list[str] = []
         self.joined = False  # the group has handed this member its partitions (none is an answer too)
         consumer.subscribe([topic], listener=_Listener(self))
@@ -167,14 +106,14 @@ class KafkaSource:
         while True:
             remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
             bound = self._bound()
-            if bound < math.inf and (expired or self._overdue()):  # waited enough: take what is here
+            if bound < math.inf and (expired or self._merge.overdue(time.monotonic())):  # waited enough
                 if not expired:
                     self._log_unordered()
                 bound, expired = math.inf, True
-            if remaining_ms == 0 or self._ready(bound, want) >= want:
+            if remaining_ms == 0 or self._merge.ready(bound, want) >= want:
                 break
             self._fetch(remaining_ms, want)
-        records = self._merge(want, bound)
+        records = self._merge.take(want, bound)
         self._last_poll, self._last_size = time.monotonic(), len(records)
         if records:
             self._last_contact = self._last_poll
@@ -189,67 +128,37 @@ class KafkaSource:
         except KafkaError as error:
             raise BrokerUnavailableError(f"poll failed: {type(error).__name__}") from error
         for tp, batch in polled.items():
-            buffer = self._buffers.setdefault((tp.topic, tp.partition), collections.deque())
-            buffer.extend(Record(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value) for m in batch)
+            self._merge.extend(
+                (tp.topic, tp.partition),
+                (Record(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value) for m in batch),
+            )
             self._last_contact = time.monotonic()
 
-    def _overdue(self) -> bool:
-        """A partition has held the others back for ``order_wait_s`` without a record arriving."""
-        now = time.monotonic()
-        return any(now - since >= self._order_wait_s for since in self._blocked_since.values())
-
     def _bound(self) -> float:
-        """Records up to this timestamp can be put in order: a partition not read to its end bounds it
-        by the last timestamp buffered from it (nothing buffered from it: no record is safe yet)."""
-        bound, now, blocked = math.inf, time.monotonic(), set()
+        """The merge's bound over the partitions not read to their end, known without a request."""
+        behind: list[Partition] = []
         for tp in self._consumer.assignment():
             highwater = self._consumer.highwater(tp)  # from the last fetch response: no request
             position = self._consumer.position(tp, timeout_ms=0)  # known after the first fetch: no request
             if highwater is None or position is None or highwater > position:
-                buffer = self._buffers.get((tp.topic, tp.partition))
-                if buffer:
-                    bound = min(bound, buffer[-1].timestamp_ms)
-                else:
-                    bound = -math.inf
-                    blocked.add((tp.topic, tp.partition))
-        self._blocked_since = {p: self._blocked_since.get(p, now) for p in blocked}
-        if not blocked:
+                behind.append((tp.topic, tp.partition))
+        bound = self._merge.bound(behind, time.monotonic())
+        if not self._merge.blocked:
             self._logged_stall = []
         return bound
 
     def _log_unordered(self) -> None:
         """The wait ran out: say which partitions had nothing to show, once per stall, so an operator
         can look (a partition that stays silent would otherwise log at every poll)."""
-        blocked = sorted(f"{topic}/{partition}" for topic, partition in self._blocked_since)
+        blocked = sorted(f"{topic}/{partition}" for topic, partition in self._merge.blocked)
         if blocked != self._logged_stall:
             log.warning("order_wait_expired", seconds=self._order_wait_s, partitions=blocked)
         self._logged_stall = blocked
 
-    def _ready(self, bound: float, want: int) -> int:
-        """How many buffered records are at or below ``bound`` (counting stops at ``want``)."""
-        ready = 0
-        for buffer in self._buffers.values():
-            for record in buffer:
-                if record.timestamp_ms > bound or ready >= want:
-                    break
-                ready += 1
-        return ready
-
-    def _merge(self, want: int, bound: float) -> list[Record]:
-        """Up to ``want`` buffered records at or below ``bound``, smallest order key first."""
-        records: list[Record] = []
-        while len(records) < want:
-            heads = [b for b in self._buffers.values() if b and b[0].timestamp_ms <= bound]
-            if not heads:
-                break
-            first = min(heads, key=lambda b: (b[0].timestamp_ms, b[0].partition, b[0].offset))
-            records.append(first.popleft())
-        return records
-
     def drop_buffers(self, partitions: set[Partition]) -> None:
         """Forget what was fetched but not returned (rebalance: the new owner starts at the commit)."""
+        self._merge.drop(partitions)
         for partition in partitions:
-            self._buffers.pop(partition, None)
             self._next.pop(partition, None)
 
     def _adapt(self, gap_s: float) -> None:
@@ -276,7 +185,7 @@ class KafkaSource:
             return
         try:
             self._consumer.commit(to_kafka(offsets), timeout_ms=self._request_timeout_ms)
-        except _REFUSED_COMMIT as error:
+        except REFUSED_COMMIT as error:
             self._limit = max(1, self._limit // 2)
             raise RebalancedError(
                 f"commit refused ({type(error).__name__}); batch limit now {self._limit}"
@@ -288,9 +197,8 @@ class KafkaSource:
     def rewind(self, offsets: Offsets) -> None:
         """Back to the batch's first offsets; buffered records are dropped and fetched again."""
         self._last_contact = float("-inf")  # after a failure, an empty poll proves nothing: probe first
-        targets = {p: buffer[0].offset for p, buffer in self._buffers.items() if buffer}
+        targets = self._merge.clear()
         targets.update(offsets)
-        self._buffers.clear()
         assigned = self._consumer.assignment()
         for (topic, partition), offset in targets.items():
             tp = TopicPartition(topic, partition)
@@ -314,8 +222,3 @@ class KafkaSource:
 
     def close(self, timeout_s: float) -> None:
         self._consumer.close(autocommit=False, timeout_ms=int(timeout_s * 1000))
-
-
-def to_kafka(offsets: Offsets) -> dict[TopicPartition, OffsetAndMetadata]:
-    """Offsets in kafka-python's commit form."""
-    return {TopicPartition(t, p): OffsetAndMetadata(offset, "", -1) for (t, p), offset in offsets.items()}

@@ -1,11 +1,11 @@
-"""Texts → L2-normalised vectors, in batches bounded by a token budget.
+"""Texts → L2-normalised vectors, in batches bounded by a token budget: the worker's ``Encoder``.
 
-CONTRACT (owned by the model helper; the protocol is fixed). The torch implementation
-(``TorchEncoder``) is built from a model directory (see ``worker/model.py``): it fixes device and dtype
-at construction, runs under ``torch.inference_mode()``, uses autocast on CUDA, sorts texts by length and
-cuts batches by ``max_batch_tokens`` as well as ``max_batch_size``, truncates to the manifest's
-``max_tokens``. Its output for one text does not depend on the other texts of the batch beyond float
-rounding.
+``TorchEncoder`` implements ``worker.core.ports.Encoder`` over a model directory
+(``worker.model.directory``): it fixes device and dtype at construction, runs under
+``torch.inference_mode()``, uses autocast on CUDA, sorts texts by length and cuts batches by
+``max_batch_tokens`` as well as ``max_batch_size``, truncates to the manifest's ``max_tokens``. Its
+output for one text does not depend on the other texts of the batch beyond float rounding. torch is
+imported lazily: importing this module (for ``token_batches``, say) must not pay for it.
 """
 
 from __future__ import annotations
@@ -13,37 +13,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
     import torch
     from tokenizers import Tokenizer
-
-
-class Encoder(Protocol):
-    """What the batch step needs from a model."""
-
-    @property
-    def dim(self) -> int: ...
-
-    @property
-    def version(self) -> str:
-        """Model version from the manifest; stamped on flags and index points."""
-
-    @property
-    def max_tokens(self) -> int: ...
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """float32 array (len(texts), dim), each row L2-normalised; empty input → (0, dim)."""
-
-    def health(self) -> bool: ...
-
-
-# ---------------------------------------------------------------------------------------------
-# The torch implementation. torch is imported lazily: the batch step and its tests import this
-# module for the protocol alone and must stay fast.
 
 
 def pick_device(device: str) -> str:

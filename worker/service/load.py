@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from worker.core.logs import get_logger
-from worker.core.messages import DEFAULT_MAX_ID_CHARS, DeadLetterReason, Deletion, Document, parse_record
+from worker.core.messages import DEFAULT_MAX_ID_CHARS, DeadLetterReason, Deletion, Document
 from worker.core.normalize import text_hash
-from worker.core.step import Record
-from worker.index.search import IndexPoint, VectorIndex
-from worker.model.encode import Encoder
+from worker.core.parse import parse_record
+from worker.core.ports import Encoder, IndexPoint, VectorIndex
+from worker.core.records import Record
 from worker.service.scan import jsonl_records, progress_bar
 
 CORPUS_PARTITION = 0

@@ -1,49 +1,43 @@
-"""The loop: poll a batch → ``run_batch`` → flush the producer → flush the index → commit. Repeat.
+"""The loop: poll a batch → ``run_batch`` → send its messages → flush the producer → flush the index →
+commit. Repeat.
 
 Offsets are committed only after the batch's output is acknowledged and its index writes are durable
 (exactly-once: inside the producer's transaction), and always ``last_offset + 1``. So a crash anywhere
 replays at most the uncommitted batch, which republishes byte-identical flags keyed by document id.
 
-Failures follow ``worker.core.errors.policy``: an outage (broker, index) rewinds to the batch start, backs off
-(bounded exponential), reports not-ready and retries by itself; a refused commit (the group moved on)
-drops the batch; anything else is logged with its traceback and re-raised without a commit, and the
-process exits non-zero. ``stop`` is checked between batches: a signal finishes the current batch.
+Failures follow ``worker.core.errors.policy``: an outage (broker, index) rewinds to the batch start,
+backs off (bounded exponential, jittered), reports not-ready and retries by itself; a refused commit
+(the group moved on) drops the batch; anything else is logged with its traceback and re-raised without
+a commit, and the process exits non-zero. ``stop`` is checked between batches: a signal finishes the
+current batch.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
-from dataclasses import dataclass
 
-from worker.core.errors import Action, BrokerUnavailableError, policy
+from worker.core.emit import Topics, emit
+from worker.core.errors import Action, Backoff, BrokerUnavailableError, policy
 from worker.core.logs import get_logger
-from worker.core.step import Record, StepConfig, run_batch
-from worker.index.search import VectorIndex
-from worker.kafka.publish import BatchPublisher
-from worker.kafka.source import Source, first_offsets, next_offsets
-from worker.model.encode import Encoder
-from worker.service.status import DeadLetterTally, Metrics, Readiness
+from worker.core.ports import BatchPublisher, Encoder, RecordSource, VectorIndex
+from worker.core.records import Record, first_offsets, next_offsets
+from worker.core.step import StepConfig, run_batch
+from worker.service.status import Metrics, Readiness
 
 log = get_logger("loop")
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Waits between retries while a dependency is away: initial, doubled per failure, capped."""
-
-    initial_s: float = 0.5
-    max_s: float = 30.0
-
-
 def run(
-    consumer: Source,
+    consumer: RecordSource,
     encoder: Encoder,
     index: VectorIndex,
     publisher: BatchPublisher,
     config: StepConfig,
     stop: threading.Event,
     *,
+    topics: Topics = Topics(),
     max_messages: int | None = None,
     idle_timeout_s: float | None = None,
     metrics: Metrics | None = None,
@@ -55,7 +49,8 @@ def run(
     nothing arrived for ``idle_timeout_s`` (tests). Returns the number of records committed."""
     metrics = metrics if metrics is not None else Metrics()
     readiness = readiness if readiness is not None else Readiness()
-    done, delay, last_record = 0, backoff.initial_s, time.monotonic()
+    done, failures, last_record = 0, 0, time.monotonic()
+    rng = random.Random()  # noqa: S311 -- jitter for retries, not secrets
     while not stop.is_set():
         if max_messages is not None and done >= max_messages:
             break
@@ -71,7 +66,7 @@ def run(
                 if idle_timeout_s is not None and time.monotonic() - last_record >= idle_timeout_s:
                     break
                 continue
-            _batch(records, consumer, encoder, index, publisher, config, metrics, flush_timeout_s)
+            _batch(records, consumer, encoder, index, publisher, config, topics, metrics, flush_timeout_s)
         except Exception as error:
             publisher.abort()
             if records:
@@ -86,31 +81,35 @@ def run(
                 continue
             readiness.backing_off = True
             readiness.broker_connected = not isinstance(error, BrokerUnavailableError)
-            log.warning("backing_off", seconds=delay, records=len(records), reason=str(error))
+            failures += 1
+            delay = backoff.wait_s(failures, rng)
+            log.warning("backing_off", seconds=round(delay, 3), records=len(records), reason=str(error))
             stop.wait(delay)
-            delay = min(delay * 2, backoff.max_s)
             continue
         done += len(records)
-        delay, last_record = backoff.initial_s, time.monotonic()
+        failures, last_record = 0, time.monotonic()
         readiness.backing_off = False
     return done
 
 
 def _batch(
     batch: list[Record],
-    consumer: Source,
+    consumer: RecordSource,
     encoder: Encoder,
     index: VectorIndex,
     publisher: BatchPublisher,
     config: StepConfig,
+    topics: Topics,
     metrics: Metrics,
     flush_timeout_s: float,
 ) -> None:
     """One batch, start to commit. Raises on any process-level problem, before the commit."""
     started = time.perf_counter()
     publisher.begin()
-    tally = DeadLetterTally(publisher, config.dlq_topic)
-    result = run_batch(batch, encoder, index, tally, config)
+    result = run_batch(batch, encoder, index, config)  # upserts before anything is sent
+    publishing = time.perf_counter()
+    for message in emit(result, topics):
+        publisher.send(message.topic, message.key, message.value)
     flushed = time.perf_counter()
     publisher.flush(flush_timeout_s)
     index.flush()
@@ -121,7 +120,7 @@ def _batch(
     lag = consumer.lag()
     if lag is not None:
         metrics.lag.set(lag)
-    metrics.observe(result, finished - started, tally.codes)
+    metrics.observe(result, finished - started)
     timings = {f"{stage}_ms": ms for stage, ms in result.timings_ms.items()}
     log.info(
         "batch",
@@ -133,6 +132,7 @@ def _batch(
         deletions=result.deletions,
         reused_vectors=result.reused_vectors,
         **timings,
+        publish_ms=round((flushed - publishing) * 1000, 3),
         flush_ms=round((committing - flushed) * 1000, 3),
         commit_ms=round((finished - committing) * 1000, 3),
         total_ms=round((finished - started) * 1000, 3),

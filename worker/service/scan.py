@@ -20,10 +20,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from worker.core.logs import get_logger
-from worker.core.messages import DeadLetter, Decision
-from worker.core.step import Record, StepConfig, run_batch
-from worker.index.search import VectorIndex
-from worker.model.encode import Encoder
+from worker.core.outcome import DeadLettered, Decided, RecordOutcome
+from worker.core.ports import Encoder, VectorIndex
+from worker.core.records import Record
+from worker.core.step import StepConfig, run_batch
 
 SCAN_PARTITION = 1
 log = get_logger("scan")
@@ -55,26 +55,16 @@ def jsonl_records(path: Path, partition: int, batch_size: int) -> Iterator[tuple
 
 
 def progress_bar(path: Path, desc: str, *, enabled: bool) -> tqdm[None]:
-    """Progress in bytes of the input file, to stderr (stdout may carry data)."""
+    """Progress in bytes of the input file, to stderr (stdout may carry data); off when stderr is not a
+    terminal, so it does not interleave with JSON logs."""
     return tqdm(
-        total=path.stat().st_size, unit="B", unit_scale=True, desc=desc, file=sys.stderr, disable=not enabled
+        total=path.stat().st_size,
+        unit="B",
+        unit_scale=True,
+        desc=desc,
+        file=sys.stderr,
+        disable=None if enabled else True,  # None: a bar only on a terminal, never between JSON log lines
     )
-
-
-class _Collector:
-    """An in-memory ``FlagPublisher`` keeping only what ``scan`` writes out: dead letters by line."""
-
-    def __init__(self, dlq_topic: str) -> None:
-        self._dlq_topic = dlq_topic
-        self.errors: dict[int, str] = {}
-
-    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        if topic == self._dlq_topic:
-            letter = DeadLetter.model_validate_json(value)
-            self.errors[letter.source.offset] = letter.reason
-
-    def flush(self, timeout_s: float) -> None:
-        return None
 
 
 def scan(
@@ -103,12 +93,11 @@ def scan(
         progress_bar(input_path, "scan", enabled=progress) as bar,
     ):
         for records, consumed in jsonl_records(input_path, SCAN_PARTITION, batch_size):
-            collector = _Collector(config.dlq_topic)
-            result = run_batch(records, encoder, index, collector, config)
+            result = run_batch(records, encoder, index, config)
             index.maintain()
-            decided = {d.source.offset: d for d in map(Decision.model_validate, result.decisions)}
+            by_line = {o.record.offset: o for o in result.outcomes}
             for record in records:
-                sink.write(_line(record.offset, decided.get(record.offset), collector.errors) + "\n")
+                sink.write(_line(record.offset, by_line[record.offset]) + "\n")
             summary.lines += len(records)
             summary.documents += result.documents
             summary.flagged += result.flags
@@ -120,9 +109,10 @@ def scan(
     return summary
 
 
-def _line(line: int, decision: Decision | None, errors: dict[int, str]) -> str:
+def _line(line: int, outcome: RecordOutcome) -> str:
     out: dict[str, object]
-    if decision is not None:
+    if isinstance(outcome, Decided):
+        decision = outcome.decision
         out = {
             "line": line,
             "id": decision.id,
@@ -132,8 +122,8 @@ def _line(line: int, decision: Decision | None, errors: dict[int, str]) -> str:
             "matches": [m.model_dump() for m in decision.matches],
             "stage": decision.stage,
         }
-    elif line in errors:
-        out = {"line": line, "error": errors[line]}
-    else:  # neither decided nor dead-lettered: the only other outcome of run_batch is a deletion
+    elif isinstance(outcome, DeadLettered):
+        out = {"line": line, "error": outcome.letter.reason}
+    else:
         out = {"line": line, "deleted": True}
     return json.dumps(out, ensure_ascii=False, separators=(",", ":"))

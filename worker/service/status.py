@@ -8,8 +8,6 @@ missing conditions otherwise. ``/metrics``: the Prometheus text format of the wo
 
 from __future__ import annotations
 
-import collections
-import json
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,8 +22,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from worker.core.step import BatchResult
-from worker.kafka.publish import FlagPublisher
+from worker.core.outcome import BatchOutcome
 
 
 class Metrics:
@@ -64,37 +61,17 @@ class Metrics:
             "twinflag_consumer_lag", "Records behind the end of the assigned partitions.", registry=r
         )
 
-    def observe(self, result: BatchResult, seconds: float, dead_letters: collections.Counter[str]) -> None:
+    def observe(self, result: BatchOutcome, seconds: float) -> None:
         self.records.inc(result.records)
         self.documents.inc(result.documents)
         self.deletions.inc(result.deletions)
-        stages = collections.Counter(str(d.get("stage")) for d in result.decisions if d.get("flagged"))
-        for stage, count in stages.items():
+        for stage, count in result.flags_by_stage().items():
             self.flags.labels(stage=stage).inc(count)
-        for reason, count in dead_letters.items():
+        for reason, count in result.dead_letters_by_code().items():
             self.dead_letters.labels(reason=reason).inc(count)
         self.batches.inc()
         self.batch_seconds.observe(seconds)
         self.batch_size.observe(result.records)
-
-
-class DeadLetterTally:
-    """Passes sends through and counts each dead letter's reason code (for the metrics)."""
-
-    def __init__(self, inner: FlagPublisher, dlq_topic: str) -> None:
-        self._inner, self._dlq_topic = inner, dlq_topic
-        self.codes: collections.Counter[str] = collections.Counter()
-
-    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        self._inner.send(topic, key, value)
-        if topic == self._dlq_topic:
-            try:
-                self.codes[str(json.loads(value).get("code", "unknown"))] += 1
-            except (ValueError, AttributeError):
-                self.codes["unknown"] += 1
-
-    def flush(self, timeout_s: float) -> None:
-        self._inner.flush(timeout_s)
 
 
 @dataclass

@@ -80,7 +80,7 @@ def tiny_model(out: Path, texts: Sequence[str], seed: int = 0, flag_share: float
         source = _sentence_transformer(Path(tmp) / "st", texts, seed)
         export_pretrained(source, out, device="cpu")
     vectors = TorchEncoder(out, device="cpu").embed(list(texts[:2000]))
-    thresholds = Thresholds(decision=calibrated_threshold(vectors, flag_share), calibrated_on="bench.tiny")
+    thresholds = Thresholds(decision=calibrated_threshold(vectors, flag_share), calibrated_on="devkit.tiny")
     manifest = read_manifest(out).model_copy(update={"thresholds": thresholds})
     (out / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return out

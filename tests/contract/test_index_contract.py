@@ -1,8 +1,9 @@
 """One contract for every ``VectorIndex`` backend, checked against a small reference model in numpy.
 
-Run against Qdrant Edge on disk, qdrant-client's local mode, and a real Qdrant server when
-``QDRANT_URL`` is set — the way qdrant-client holds its local mode against a server. Data is small
-(dim 16, a few hundred points), so every backend searches exactly and results must match the model.
+Run against the in-memory reference backend, Qdrant Edge on disk, qdrant-client's local mode, and a
+real Qdrant server when ``QDRANT_URL`` is set — the way qdrant-client holds its local mode against a
+server. Data is small (dim 16, a few hundred points), so every backend searches exactly and results
+must match the model.
 """
 
 from __future__ import annotations
@@ -21,17 +22,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.index.search import (
-    EdgeIndex,
-    HashQuery,
-    IndexMismatchError,
-    IndexPoint,
-    Neighbour,
-    OrderKey,
-    QdrantIndex,
-    Query,
-    VectorIndex,
-)
+from worker.core.errors import IndexMismatchError
+from worker.core.ports import Candidate, HashQuery, IndexPoint, Query, VectorIndex
+from worker.core.records import OrderKey
+from worker.index.edge import EdgeIndex
+from worker.index.memory import MemoryIndex
+from worker.index.qdrant import QdrantIndex
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient
@@ -116,6 +112,7 @@ class Backend:
 
 @pytest.fixture(
     params=[
+        "memory",
         "edge",
         pytest.param("qdrant-local", marks=LOCAL_MODE_WARNINGS),
         pytest.param("qdrant-server", marks=LOCAL_MODE_WARNINGS),
@@ -123,6 +120,10 @@ class Backend:
 )
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     collection = f"contract-{uuid.uuid4().hex[:12]}"
+    if request.param == "memory":  # the reference backend: one store, every handle the same object
+        store = MemoryIndex()
+        yield Backend("memory", lambda: store)
+        return
     if request.param == "edge":
         # Tiny thresholds so maintain() really builds HNSW segments out of a few hundred points.
         b = Backend(
@@ -301,11 +302,11 @@ class TestVectorIndexContract:
             ]
         )
         assert got == [
-            Neighbour("C", 1.0, (3, 9)),
+            Candidate("C", 1.0, (3, 9), "exact"),
             None,
-            Neighbour("B", 1.0, (5, 0)),
-            Neighbour("C", 1.0, (3, 9)),
-            Neighbour("E", 1.0, (0, 0)),
+            Candidate("B", 1.0, (5, 0), "exact"),
+            Candidate("C", 1.0, (3, 9), "exact"),
+            Candidate("E", 1.0, (0, 0), "exact"),
             None,
         ]
 
@@ -326,7 +327,9 @@ class TestVectorIndexContract:
             )
         queries = [HashQuery(t, "spam", (1, 0), me) for t in tenants for me in ("new", "line0")]
         expected = [
-            Neighbour(winner, 1.0, (0, int(winner[4:]))) for _ in tenants for winner in ("line0", "line1")
+            Candidate(winner, 1.0, (0, int(winner[4:])), "exact")
+            for _ in tenants
+            for winner in ("line0", "line1")
         ]
         assert index.find_hashes(queries) == expected
 
@@ -360,7 +363,7 @@ class TestVectorIndexContract:
         got = index.search([Query(v, t, (9, 0), "q") for t in "ab"], 5)
         assert [[n.doc_id for n in row] for row in got] == [[], ["X"]]
         hashes = index.find_hashes([HashQuery(t, "hx", (9, 0), "q") for t in "ab"])
-        assert hashes == [None, Neighbour("X", 1.0, (1, 0))]
+        assert hashes == [None, Candidate("X", 1.0, (1, 0), "exact")]
         assert set(index.fetch([("a", "X"), ("b", "X")])) == {("b", "X")}
 
     def test_delete_without_tenant_removes_the_id_everywhere(self, backend: Backend) -> None:

@@ -1,0 +1,70 @@
+"""The index group of the worker's settings (``TWINFLAG_INDEX__*``): which backend, where, how it is built.
+
+Read once by ``worker.service.settings.WorkerSettings``; ``worker.service.wiring`` builds the backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+DEFAULT_OPTIMIZE_EVERY = 10_000
+"""New points between two background optimisations of the embedded index (``EdgeIndex``'s default too)."""
+
+
+class IndexSettings(BaseModel):
+    """The worker's memory: Qdrant Edge on local disk, or a Qdrant server."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    backend: Literal["embedded", "qdrant"] = Field(
+        default="embedded",
+        description="`embedded` (Qdrant Edge on disk) or `qdrant` (a server); `qdrant` if `url` set.",
+    )
+    path: Path = Field(default=Path("data/index"), description="Directory of the embedded index.")
+    url: str | None = Field(default=None, description="Qdrant server URL, e.g. `https://qdrant:6333`.")
+    api_key: SecretStr | None = Field(default=None, description="Qdrant API key (secret, never logged).")
+    https: bool | None = Field(
+        default=None, description="Force TLS to the Qdrant server; unset: from the URL scheme."
+    )
+    collection: str = Field(default="twinflag", description="Qdrant collection name.")
+    timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one request to the Qdrant server.")
+    hnsw_m: int = Field(default=16, ge=4, description="HNSW graph degree of a new collection.")
+    hnsw_ef_construct: int = Field(
+        default=100, ge=4, description="HNSW build-time beam width of a new collection."
+    )
+    hnsw_ef: int = Field(default=128, ge=1, description="HNSW search-time beam width.")
+    quantization: Literal["none", "scalar"] = Field(
+        default="none", description="Vector quantisation of a new collection (`scalar`: int8, 4x smaller)."
+    )
+    shard_number: int | None = Field(
+        default=None,
+        ge=1,
+        description="Qdrant server: shards of a new collection (unset: the server's default).",
+    )
+    replication_factor: int | None = Field(
+        default=None, ge=1, description="Qdrant server: copies of each shard of a new collection."
+    )
+    write_consistency_factor: int | None = Field(
+        default=None, ge=1, description="Qdrant server: replicas that must confirm a write (new collection)."
+    )
+    optimize_every: int = Field(
+        default=DEFAULT_OPTIMIZE_EVERY,
+        ge=1,
+        description="Embedded index: run the segment optimiser after this many new points.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_from_url(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("url") and "backend" not in data:
+            return {**data, "backend": "qdrant"}
+        return data
+
+    @model_validator(mode="after")
+    def _check_url(self) -> Self:
+        if self.backend == "qdrant" and not self.url:
+            raise ValueError("index backend qdrant needs a url")
+        return self

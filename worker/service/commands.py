@@ -1,0 +1,110 @@
+"""What each ``python -m worker`` command does; ``worker.cli`` parses the arguments and calls these.
+
+Each builds its ``WorkerSettings`` once from the environment and configures logging once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from contextlib import ExitStack
+from dataclasses import asdict
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from worker.core import logs
+from worker.service.settings import WorkerSettings, settings_markdown
+from worker.service.status import Readiness
+from worker.service.wiring import EXIT_CONFIG, EXIT_OK, build_index, load_model, run_worker, stop_on_signals
+
+
+def load_settings() -> WorkerSettings:
+    """Settings from the environment; an invalid one exits 2 naming the setting, never its value."""
+    try:
+        return WorkerSettings()
+    except ValidationError as error:
+        for problem in error.errors(include_input=False, include_url=False):
+            where = "__".join(str(part).upper() for part in problem["loc"])
+            print(f"invalid setting TWINFLAG_{where}: {problem['msg']}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_run(_args: argparse.Namespace) -> int:
+    settings = load_settings()
+    logs.configure(settings.log_level, settings.log_format)
+    stop = stop_on_signals()
+    encoder, threshold = load_model(settings)
+    if settings.model.threshold is not None:
+        threshold = settings.model.threshold
+    return run_worker(settings, encoder, threshold, stop, readiness=Readiness(model_loaded=True))
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from worker.index.edge import EdgeIndex
+    from worker.service.scan import scan
+
+    settings = load_settings()
+    logs.configure(settings.log_level, settings.log_format)
+    encoder, threshold = load_model(settings, args.model)
+    threshold = args.threshold if args.threshold is not None else threshold
+    with ExitStack() as stack:
+        path = (
+            args.index if args.index is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        )
+        index = EdgeIndex(path)
+        stack.callback(index.close)
+        summary = scan(
+            args.input,
+            args.output,
+            encoder,
+            index,
+            threshold,
+            batch_size=args.batch_size,
+            top_k=settings.top_k,
+            max_message_bytes=settings.max_message_bytes,
+            progress=not args.quiet,
+        )
+    print(json.dumps({"threshold": threshold, **asdict(summary)}))
+    return EXIT_OK
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from worker.service.load import load_corpus
+
+    settings = load_settings()
+    logs.configure(settings.log_level, settings.log_format)
+    encoder, _ = load_model(settings, args.model)
+    with ExitStack() as stack:
+        index = build_index(settings.index, stack)
+        summary = load_corpus(
+            args.input,
+            encoder,
+            index,
+            batch_size=args.batch_size,
+            max_message_bytes=settings.max_message_bytes,
+            progress=not args.quiet,
+        )
+    print(
+        json.dumps(
+            {
+                "lines": summary.lines,
+                "loaded": summary.loaded,
+                "skipped": summary.skipped,
+                "errors": len(summary.errors),
+            }
+        )
+    )
+    for line, reason in summary.errors[:20]:
+        print(f"line {line}: {reason}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    if args.markdown:
+        sys.stdout.write(settings_markdown())
+    else:
+        print(load_settings().model_dump_json(indent=2))  # secrets print as '**********'
+    return EXIT_OK

@@ -1,0 +1,272 @@
+"""Real clients, built from settings: the only place they are. And the service's start and stop.
+
+``run_worker`` takes the encoder as a parameter so the integration tests drive this same wiring with a
+fast deterministic encoder (``tests/integration/driver.py``); ``worker.service.commands.cmd_run`` is
+the only place that loads the real model. Exit codes: 0 after a clean stop, 1 after an unexpected
+error (logged with its traceback, nothing committed), 2 for configuration, model or index problems
+that a restart cannot fix.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TypeVar
+
+from worker.core.emit import Topics
+from worker.core.errors import Action, Backoff, FatalError, IndexMismatchError, policy
+from worker.core.logs import get_logger
+from worker.core.ports import BatchPublisher, Encoder, RecordSource, VectorIndex
+from worker.core.step import StepConfig
+from worker.index.config import IndexSettings
+from worker.kafka.config import consumer_options, ensure_topics, producer_options
+from worker.model.encode import TorchEncoder
+from worker.service.loop import run as run_loop
+from worker.service.settings import WorkerSettings
+from worker.service.status import Metrics, Readiness, StatusServer
+
+log = get_logger("main")
+T = TypeVar("T")
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
+
+
+def build_consumer(settings: WorkerSettings) -> RecordSource:
+    """A ``KafkaSource`` over a consumer with auto-commit off, reading committed transactions only."""
+    from kafka import KafkaConsumer
+
+    from worker.kafka.source import KafkaSource
+
+    kafka = settings.kafka
+    consumer = KafkaConsumer(**consumer_options(kafka, settings.max_message_bytes, settings.backoff_max_s))
+    return KafkaSource(
+        consumer,
+        kafka.input_topic,
+        max_records=kafka.max_poll_records,
+        poll_timeout_s=kafka.poll_timeout_ms / 1000,
+        order_wait_s=kafka.order_wait_ms / 1000,
+        max_poll_interval_s=kafka.max_poll_interval_ms / 1000,
+        request_timeout_s=kafka.request_timeout_ms / 1000,
+    )
+
+
+def build_publisher(settings: WorkerSettings) -> BatchPublisher:
+    """``KafkaPublisher`` (at-least-once) or ``TransactionalPublisher`` (exactly-once)."""
+    from kafka import KafkaProducer
+
+    from worker.kafka.publish import KafkaPublisher, TransactionalPublisher
+
+    kafka = settings.kafka
+    options = producer_options(kafka, settings.max_message_bytes, settings.backoff_max_s)
+    if kafka.delivery == "exactly-once":
+        timeout_s = kafka.request_timeout_ms / 1000
+        return TransactionalPublisher(
+            lambda: KafkaProducer(**options, transactional_id=kafka.transactional_id), timeout_s
+        )
+    return KafkaPublisher(KafkaProducer(**options))
+
+
+def build_index(index: IndexSettings, stack: ExitStack) -> VectorIndex:
+    """EdgeIndex at the configured path, or QdrantIndex over a client built from URL, API key, TLS."""
+    from worker.index.edge import EdgeIndex
+    from worker.index.qdrant import QdrantIndex
+
+    if index.backend == "embedded":
+        edge = EdgeIndex(
+            index.path,
+            hnsw_m=index.hnsw_m,
+            hnsw_ef_construct=index.hnsw_ef_construct,
+            ef_search=index.hnsw_ef,
+            optimize_every=index.optimize_every,
+        )
+        stack.callback(edge.close)
+        return edge
+    from qdrant_client import QdrantClient
+
+    client = QdrantClient(
+        url=index.url,
+        api_key=None if index.api_key is None else index.api_key.get_secret_value(),
+        https=index.https,
+        timeout=max(1, round(index.timeout_s)),
+    )
+    stack.callback(client.close)
+    server = QdrantIndex(
+        client,
+        index.collection,
+        hnsw_m=index.hnsw_m,
+        hnsw_ef_construct=index.hnsw_ef_construct,
+        ef_search=index.hnsw_ef,
+        scalar_quantization=index.quantization == "scalar",
+        shard_number=index.shard_number,
+        replication_factor=index.replication_factor,
+        write_consistency_factor=index.write_consistency_factor,
+    )
+    stack.callback(server.close)
+    return server
+
+
+def load_model(settings: WorkerSettings, model_dir: Path | None = None) -> tuple[TorchEncoder, float]:
+    """The encoder and the manifest's decision threshold. A missing, unsafe or unreadable model
+    directory is a ``FatalError`` naming the path."""
+    from worker.model.encode import limit_kernel_cache, load_encoder
+    from worker.model.manifest import ModelFormatError
+
+    path = model_dir if model_dir is not None else settings.model.path
+    model = settings.model
+    limit_kernel_cache(model.cpu_kernel_cache)
+    try:
+        encoder = load_encoder(path, model.device, model.max_batch_tokens, model.max_batch_size)
+    except (ModelFormatError, FileNotFoundError) as error:  # UnsafeModelError is a ModelFormatError
+        raise FatalError(f"model directory refused: {error}") from error
+    return encoder, encoder.manifest.thresholds.decision
+
+
+def step_config(settings: WorkerSettings, encoder: Encoder, threshold: float) -> StepConfig:
+    return StepConfig(
+        threshold=threshold,
+        model_version=encoder.version,
+        top_k=settings.top_k,
+        max_message_bytes=settings.max_message_bytes,
+    )
+
+
+def topics(settings: WorkerSettings) -> Topics:
+    kafka = settings.kafka
+    return Topics(flags=kafka.flags_topic, dlq=kafka.dlq_topic, decisions=kafka.decisions_topic)
+
+
+def stop_on_signals() -> threading.Event:
+    """SIGTERM (docker stop, Kubernetes) and SIGINT (Ctrl+C) only set the flag the loop checks."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def retrying(what: str, build: Callable[[], T], settings: WorkerSettings, stop: threading.Event) -> T | None:
+    """Build a client, backing off while its server is unavailable; None if stopped meanwhile."""
+    backoff, failures = backoff_of(settings), 0
+    rng = random.Random()  # noqa: S311 -- jitter for retries, not secrets
+    while not stop.is_set():
+        try:
+            return build()
+        except Exception as error:
+            if policy(error) is not Action.BACK_OFF:
+                raise
+            failures += 1
+            delay = backoff.wait_s(failures, rng)
+            log.warning("unavailable", what=what, error=type(error).__name__, retry_in_s=round(delay, 3))
+            stop.wait(delay)
+    return None
+
+
+def backoff_of(settings: WorkerSettings) -> Backoff:
+    return Backoff(settings.backoff_initial_s, settings.backoff_max_s)
+
+
+def start(
+    settings: WorkerSettings,
+    encoder: Encoder,
+    stop: threading.Event,
+    readiness: Readiness,
+    metrics: Metrics,
+    stack: ExitStack,
+) -> tuple[VectorIndex, RecordSource, BatchPublisher] | None:
+    """Status endpoint, index (checked against the model), topics, consumer, producer; each close on
+    ``stack``. Waits out unavailable servers; None if stopped meanwhile."""
+    if settings.metrics_port is not None:
+        try:
+            server = StatusServer(settings.metrics_host, settings.metrics_port, metrics, readiness)
+        except OSError as error:
+            raise FatalError(
+                f"cannot serve on {settings.metrics_host}:{settings.metrics_port}: {error}"
+            ) from error
+        stack.enter_context(server)
+        log.info("status_endpoint", host=settings.metrics_host, port=server.port)
+    index = build_index(settings.index, stack)
+
+    def ensure() -> VectorIndex:
+        index.ensure(encoder.dim, encoder.version)  # refuses another model's vector space
+        return index
+
+    if retrying("index", ensure, settings, stop) is None:
+        return None
+    readiness.index_ready = True
+    if (
+        settings.kafka.create_topics
+        and retrying(
+            "topics", lambda: ensure_topics(settings.kafka, settings.max_message_bytes), settings, stop
+        )
+        is None
+    ):
+        return None
+    consumer: RecordSource | None = retrying("consumer", lambda: build_consumer(settings), settings, stop)
+    if consumer is None:
+        return None
+    close_s = settings.shutdown_timeout_s / 2  # the two Kafka clients share the budget
+    stack.callback(consumer.close, close_s)
+    publisher: BatchPublisher | None = retrying("producer", lambda: build_publisher(settings), settings, stop)
+    if publisher is None:
+        return None
+    stack.callback(publisher.close, close_s)
+    return index, consumer, publisher
+
+
+def run_worker(
+    settings: WorkerSettings,
+    encoder: Encoder,
+    threshold: float,
+    stop: threading.Event,
+    *,
+    readiness: Readiness | None = None,
+    metrics: Metrics | None = None,
+) -> int:
+    """Everything after the model: start, the loop until stopped, a bounded close. Returns the exit code."""
+    readiness = readiness if readiness is not None else Readiness(model_loaded=True)
+    metrics = metrics if metrics is not None else Metrics()
+    with ExitStack() as stack:
+        try:
+            started = start(settings, encoder, stop, readiness, metrics, stack)
+        except (IndexMismatchError, FatalError) as error:
+            log.error("start_refused", error=str(error))
+            return EXIT_CONFIG
+        except Exception:
+            log.exception("start_failed")
+            return EXIT_ERROR
+        if started is None:
+            return EXIT_OK  # stopped while waiting for a server
+        index, consumer, publisher = started
+        log.info(
+            "worker_started",
+            model=encoder.version,
+            dim=encoder.dim,
+            threshold=threshold,
+            delivery=settings.kafka.delivery,
+            index=settings.index.backend,
+            topic=settings.kafka.input_topic,
+            group=settings.kafka.group_id,
+        )
+        try:
+            committed = run_loop(
+                consumer,
+                encoder,
+                index,
+                publisher,
+                step_config(settings, encoder, threshold),
+                stop,
+                topics=topics(settings),
+                metrics=metrics,
+                readiness=readiness,
+                backoff=backoff_of(settings),
+                flush_timeout_s=settings.kafka.flush_timeout_s,
+            )
+        except Exception:  # logged with its traceback by the loop; nothing was committed
+            return EXIT_ERROR
+        closing = time.monotonic()
+    log.info("worker_stopped", records=committed, close_s=round(time.monotonic() - closing, 3))
+    return EXIT_OK
