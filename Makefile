@@ -26,7 +26,7 @@ demo: venv
 	$(BIN)/python -m demo
 
 test: venv
-	$(BIN)/python -m pytest tests/unit tests/integration
+	$(BIN)/python -m pytest tests/unit tests/contract tests/integration
 
 model: venv
 	$(BIN)/python -m trainer default --data-dir $(DATA_DIR) --out models/default
@@ -36,8 +36,10 @@ bench: venv
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/mypy --strict demo/posts.py
+	$(BIN)/lint-imports
+	$(BIN)/mypy --strict devkit/posts
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache demo/out bench/out
