@@ -78,6 +78,10 @@ class HashEncoder:
             out[row] = self._one(text)
         return out
 
+    def known(self, texts: Sequence[str]) -> list[bool]:
+        """A text with a letter or digit has trigrams worth comparing; one of symbols only does not."""
+        return [any(ch.isalnum() for ch in text) for text in texts]
+
     def health(self) -> bool:
         return True
 

@@ -218,6 +218,9 @@ class FixedEncoder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return np.array([self._vectors[t] for t in texts], dtype=np.float32).reshape(len(texts), 2)
 
+    def known(self, texts: Sequence[str]) -> list[bool]:
+        return [True for _ in texts]
+
     def health(self) -> bool:
         return True
 
@@ -558,3 +561,83 @@ def test_an_unreadable_stored_decision_is_decided_afresh() -> None:
     assert decode_verdict('{"flagged": true, "matches": [["a", 0.9, 1, 2, "sideways"]]}') is None
     verdict = Verdict([Candidate("a", 0.9, (1, 2), "index")], True)
     assert decode_verdict(encode_verdict(verdict)) == verdict
+
+
+class LimitedPublisher(ListPublisher):
+    """A producer in front of a topic with ``max.message.bytes``: Kafka refuses larger messages with an
+    error no retry fixes, so the worker would crash-loop on the batch (Tansu does not enforce it)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        if len(value) + len(key or b"") > self.limit:
+            raise RuntimeError(f"MessageSizeTooLargeError: {len(value)} bytes to {topic}")
+        super().send(topic, key, value)
+
+
+@pytest.mark.parametrize(
+    ("value", "key"),
+    [
+        (b"x" * 2_000_000, b"k"),  # oversized: its first max_message_bytes in base64 were 1.33 MB
+        (b"{" + b"x" * 900_000, b"k"),  # under the input limit, still 1.2 MB once in base64
+        (b"{" + b"x" * 900_000, b"k" * 100_000),  # and a large key
+    ],
+)
+def test_a_dead_letter_fits_the_dead_letter_topic(value: bytes, key: bytes) -> None:
+    limit = 1_000_000
+    publisher = LimitedPublisher(limit)
+    cfg = config(max_message_bytes=1_000_000, max_dead_letter_bytes=limit)
+    run_and_send([raw_record(value, 0, key=key)], HashEncoder(), MemoryIndex(), publisher, cfg, TOPICS)
+    ((sent_key, letter),) = publisher.messages(DLQ)
+    assert len(letter) + len(sent_key or b"") <= limit
+    body = json.loads(letter)
+    kept = base64.b64decode(body["value_b64"])
+    assert body["truncated"] is True
+    assert body["value_bytes"] == len(value)
+    assert value.startswith(kept)
+    assert len(kept) > limit // 2  # as much of the original as fits
+
+
+@pytest.mark.parametrize(
+    ("scope", "left"), [("all_tenants", set()), ("default_tenant", {"acme"}), ("refuse", {"acme", "default"})]
+)
+def test_what_a_tombstone_deletes_is_a_setting(scope: str, left: set[str]) -> None:
+    """A tombstone names no tenant: by default it deletes the id everywhere, so in a multi-tenant
+    deployment one tenant's tombstone erased another tenant's post that reused the id."""
+    index = MemoryIndex()
+    step([doc_record("x", SPAM, 0), doc_record("x", CAT, 1, tenant="acme")], index)
+    _, publisher = step([raw_record(None, 2, key=b"x")], index, cfg=config(tombstones=scope))
+    assert {t for t in ("default", "acme") if index.point(t, "x") is not None} == left
+    letters = publisher.json(DLQ)
+    assert [letter["code"] for letter in letters] == (["invalid_tombstone"] if scope == "refuse" else [])
+
+
+class ThumbsEncoder(FixedEncoder):
+    """Like a real model on posts it cannot read: every emoji-only post gets the same vector."""
+
+    def known(self, texts: Sequence[str]) -> list[bool]:
+        return [any(ch.isalpha() for ch in text) for text in texts]
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_a_post_the_model_cannot_read_matches_by_its_exact_text_only(split: bool) -> None:
+    """ "👎" embedded to the same unknown-token vector as "👍" and was flagged its duplicate at 1.0."""
+    same = [1.0, 0.0]
+    encoder = ThumbsEncoder({"👍": same, "👎": same, "thumbs": same})
+    index, publisher = MemoryIndex(), ListPublisher()
+    records = [
+        doc_record("up", "👍", 0),
+        doc_record("down", "👎", 1),  # another unreadable post: not a duplicate
+        doc_record("word", "thumbs", 2),  # a readable post with the same vector: not a duplicate either
+        doc_record("again", "👍", 3),  # the same text: an exact repost
+    ]
+    batches = [[r] for r in records] if split else [records]
+    for batch in batches:
+        run_and_send(batch, encoder, index, publisher, config(), TOPICS)
+    flagged = flags(publisher)
+    assert set(flagged) == {"again"}
+    assert (flagged["again"]["duplicate_of"], flagged["again"]["stage"]) == ("up", "exact")
+    decisions = {d["id"]: d for d in publisher.json(DECISIONS)}
+    assert decisions["down"]["matches"] == decisions["word"]["matches"] == []

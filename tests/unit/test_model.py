@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from tokenizers import Tokenizer
 from devkit.tiny import write_tiny_bert
 from trainer.vocab import train_wordpiece
 from worker.model.directory import check_model_dir, load_model_dir, save_model_dir
-from worker.model.encode import TorchEncoder, load_encoder, token_batches
+from worker.model.encode import CHARS_PER_TOKEN, TorchEncoder, load_encoder, token_batches
 from worker.model.manifest import BiLSTMParams, Manifest, ModelFormatError, Thresholds, UnsafeModelError
 from worker.model.modules import BiLSTMEncoder, pad_batch
 from worker.model.pretrained import from_sentence_transformer
@@ -110,6 +111,27 @@ def test_same_weights_same_version_and_saving_replaces_atomically(tmp_path: Path
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
 
 
+def test_the_tokenizer_never_reads_more_of_a_post_than_it_can_use(tmp_path: Path) -> None:
+    """A 1 MB post of "a a a ..." took 1.2 s to tokenise only to be cut at the 256th token."""
+    path, _, _ = tiny_bilstm_dir(tmp_path / "m")
+    encoder = TorchEncoder(path, device="cpu")
+    seen: list[int] = []
+    real = encoder.tokenizer.encode_batch
+
+    class Recording:
+        truncation = encoder.tokenizer.truncation
+
+        def encode_batch(self, texts: list[str]) -> list[Any]:
+            seen.extend(len(text) for text in texts)
+            return real(texts)
+
+    encoder.tokenizer = Recording()  # type: ignore[assignment]
+    hostile = "a " * 500_000
+    vectors = encoder.embed([hostile, "a short post"])
+    assert max(seen) <= encoder.max_tokens * CHARS_PER_TOKEN
+    np.testing.assert_allclose(vectors[0], encoder.embed([hostile[: encoder.max_tokens * 2]])[0], atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # Safety
 
@@ -180,6 +202,64 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelFormatError, match="manifest"):
         load_model_dir(path)
+
+
+def edit_json(path: Path, **changes: object) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"max_tokens": 1_000_000}, "max_tokens"),  # loaded, then the first long post crashed
+        ({"pad_token_id": 10**12}, "pad_token_id"),  # loaded, then the first batch indexed past the table
+        ({"dim": 10**9}, "dim"),  # exited 1 with an allocation traceback
+    ],
+)
+def test_a_manifest_is_checked_before_anything_runs(
+    tmp_path: Path, changes: dict[str, object], why: str
+) -> None:
+    path, _, _ = tiny_bilstm_dir(tmp_path / "m")
+    edit_json(path / "manifest.json", **changes)
+    with pytest.raises(ModelFormatError, match=why):
+        load_model_dir(path)
+
+
+def test_config_and_manifest_must_agree_with_the_weights(tmp_path: Path) -> None:
+    source = tiny_sentence_transformer(tmp_path / "st")
+    from trainer.export import export_pretrained
+
+    model = tmp_path / "m"
+    export_pretrained(source, model, device="cpu")
+    load_model_dir(model)  # as exported: fine
+    config = json.loads((model / "config.json").read_text())
+    edit_json(model / "config.json", max_position_embeddings=8)  # fewer positions than max_tokens
+    with pytest.raises(ModelFormatError, match="positions"):
+        load_model_dir(model)
+    edit_json(model / "config.json", **{**config, "vocab_size": 10**6, "intermediate_size": 4096})
+    with pytest.raises(ModelFormatError, match=r"config\.json"):
+        load_model_dir(model)
+    edit_json(model / "config.json", **config)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["hyperparameters"]["vocab_size"] = 10**6  # config and manifest agree, the weights do not
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    edit_json(model / "config.json", vocab_size=10**6)
+    with pytest.raises(ModelFormatError, match="word_embeddings"):
+        load_model_dir(model)
+
+
+def test_a_refused_manifest_exits_2_naming_the_problem(tmp_path: Path) -> None:
+    from worker.core.errors import FatalError
+    from worker.model.config import ModelSettings
+    from worker.service.settings import WorkerSettings
+    from worker.service.wiring import load_model
+
+    path, _, _ = tiny_bilstm_dir(tmp_path / "m")
+    edit_json(path / "manifest.json", max_tokens=1_000_000)
+    with pytest.raises(FatalError, match="max_tokens"):  # FatalError: exit status 2
+        load_model(WorkerSettings(model=ModelSettings(path=path)))
 
 
 def test_saving_refuses_pickle_capable_extra_files(tmp_path: Path) -> None:
@@ -299,3 +379,28 @@ def test_the_worker_bounds_the_cpu_kernel_cache_before_it_loads_the_model(
     encoder, _ = load_model(WorkerSettings(model=ModelSettings(path=path, cpu_kernel_cache=7)))
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "7"
     assert encoder.embed(["still embeds"]).shape == (1, encoder.dim)
+
+
+def test_a_posts_vector_depends_on_its_batch_only_below_the_published_precision(tmp_path: Path) -> None:
+    """The README's stated tolerance for reruns: beside other posts (padding, other batch shapes) a
+    post's cosine with any vector moves by less than 1e-6, one unit in the last published decimal."""
+    from trainer.export import export_pretrained
+
+    export_pretrained(tiny_sentence_transformer(tmp_path / "st"), tmp_path / "m", device="cpu")
+    encoder = TorchEncoder(tmp_path / "m", device="cpu")
+    texts = [f"post number {i} " + "word " * (i % 17) for i in range(40)]
+    alone = np.stack([encoder.embed([text])[0] for text in texts])
+    together = encoder.embed(texts)
+    probe = together[::-1].astype(np.float64)
+    drift = np.abs(alone.astype(np.float64) @ probe.T - together.astype(np.float64) @ probe.T)
+    assert drift.max() < 1e-6
+
+
+def test_the_encoder_says_which_posts_it_cannot_read(tmp_path: Path) -> None:
+    from trainer.export import export_pretrained
+
+    export_pretrained(tiny_sentence_transformer(tmp_path / "st"), tmp_path / "m", device="cpu")
+    encoder = TorchEncoder(tmp_path / "m", device="cpu")
+    assert encoder.known(["👍", "👎 🔥", TEXTS[0], f"👍 {TEXTS[0]}"]) == [False, False, True, True]
+    thumbs = encoder.embed(["👍", "👎"])
+    assert float(thumbs[0] @ thumbs[1]) > 0.999  # why such posts may not match by their vectors

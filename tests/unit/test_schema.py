@@ -76,6 +76,19 @@ def test_model_sees_the_original_text() -> None:
         (body(id="a", text="t", created_at="yesterday"), "invalid_created_at", "created_at: not an ISO-8601"),
         (body(id="a", text="t", created_at=1714564800), "invalid_created_at", "created_at: must be an ISO"),
         (b'{"id": "a", "text": "\\ud800 lone"}', "invalid_unicode", "text: lone surrogate at char 0"),
+        (b'{"id": "a\\udc00", "text": "t"}', "invalid_unicode", "id: lone surrogate at char 1"),
+        (
+            b'{"id": "a", "tenant": "\\ud800", "text": "t"}',
+            "invalid_unicode",
+            "tenant: lone surrogate at char 0",
+        ),
+        (
+            body(id="x\x1fvictim", tenant="V", text="t"),
+            "invalid_id",
+            "id: control character U+001F at char 1",
+        ),
+        (body(id="victim", tenant="V\x1fx", text="t"), "invalid_tenant", "tenant: control character U+001F"),
+        (body(id="a\x00", deleted=True), "invalid_id", "id: control character U+0000"),
         (body(id="a", deleted="yes"), "wrong_type", "deleted: must be a boolean"),
         (
             b'{"id": "a", "text": "t", "meta": ' + b'{"m": ' * 70 + b"1" + b"}" * 71,
@@ -93,6 +106,18 @@ def test_bad_records_get_precise_reasons(value: bytes, code: str, detail: str) -
     assert reason.code == code
     assert detail in reason.detail
     assert str(reason).startswith(f"{code}: ")
+
+
+def test_one_tenant_cannot_name_another_tenants_point() -> None:
+    """Point ids are uuid5(tenant ␟ id): with ␟ allowed, tenant "V␟x" id "victim" was tenant "V" id
+    "x␟victim" — one tenant could overwrite or delete another's posts."""
+    attacker = parse(body(id="victim", tenant="V\x1fx", text="t"))
+    crafted = parse(body(id="x\x1fvictim", tenant="V", text="t"))
+    assert isinstance(attacker, DeadLetterReason)
+    assert isinstance(crafted, DeadLetterReason)
+    tombstone = parse(None, key=b"x\x1fvictim")
+    assert isinstance(tombstone, DeadLetterReason)
+    assert tombstone.code == "invalid_id"
 
 
 def test_deletions() -> None:

@@ -126,3 +126,40 @@ def test_markdown_lists_every_setting_with_its_environment_variable() -> None:
     rows = [line for line in table.splitlines() if line.startswith("| `")]
     assert all(line.count(" | ") >= 3 and not line.endswith("|  |") for line in rows)  # a description each
     assert '`"at-least-once"` \\| `"exactly-once"`' in table
+
+
+def test_credentials_in_the_qdrant_url_are_masked_by_the_settings_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from worker.service.commands import cmd_settings
+
+    monkeypatch.setenv("TWINFLAG_INDEX__URL", f"https://twinflag:{SECRET}@qdrant.internal:6333")
+    assert cmd_settings(argparse.Namespace(markdown=False)) == 0
+    shown = capsys.readouterr().out
+    assert SECRET not in shown
+    assert '"url": "https://**********@qdrant.internal:6333"' in shown
+    settings = load_settings()
+    assert SECRET not in repr(settings)
+    assert settings.index.url == f"https://twinflag:{SECRET}@qdrant.internal:6333"  # the client still gets it
+
+
+def test_the_dead_letter_limit_comes_from_the_setting_the_created_topic_or_the_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.kafka import config
+
+    described = {"topic": {"documents.dlq": {"max.message.bytes": {"value": "2000000", "read_only": False}}}}
+    assert config.message_limit_of(described, "documents.dlq") == 2_000_000
+    assert config.message_limit_of({"topic": {"documents.dlq": {}}}, "documents.dlq") is None  # Tansu
+    monkeypatch.setattr(config, "topic_message_limit", lambda kafka, topic: 2_000_000)
+    overhead = config.RECORD_OVERHEAD
+    assert config.dead_letter_limit(KafkaSettings(), False, 1_000_000) == 2_000_000 - overhead
+    assert (
+        config.dead_letter_limit(KafkaSettings(dlq_max_message_bytes=50_000), False, 1) == 50_000 - overhead
+    )
+    created = config.dlq_max_bytes(1_000_000)
+    assert config.dead_letter_limit(KafkaSettings(), True, 1_000_000) == created - overhead
+    monkeypatch.setattr(config, "topic_message_limit", lambda kafka, topic: None)
+    assert config.dead_letter_limit(KafkaSettings(), False, 1_000_000) == 1_000_000  # under Kafka's default

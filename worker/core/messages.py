@@ -48,6 +48,7 @@ ReasonCode = Literal[
     "wrong_type",
     "empty_id",
     "id_too_long",
+    "invalid_id",
     "invalid_tenant",
     "invalid_created_at",
     "invalid_unicode",
@@ -235,6 +236,9 @@ class DeadLetterReason:
 
 MAX_KEY_BYTES = 16 * 1024
 """A dead letter's key (and ``key_b64``) keeps at most this much of the original."""
+DEFAULT_DEAD_LETTER_BYTES = 1_000_000
+"""The largest dead letter (value and key) when the dead-letter topic's limit is not known: under
+Kafka's default ``max.message.bytes`` (1,048,588) with room for the record batch's own overhead."""
 
 
 def source_of(record: Record) -> Source:
@@ -282,21 +286,40 @@ def clip(data: bytes | None, limit: int) -> bytes | None:
     return data if data is None or len(data) <= limit else data[:limit]
 
 
-def dead_letter_message(record: Record, reason: DeadLetterReason, model: str, max_bytes: int) -> DeadLetter:
-    """The dead letter of one record, small enough to publish whatever the record's size.
+def dead_letter_message(
+    record: Record, reason: DeadLetterReason, model: str, max_value_bytes: int, max_bytes: int
+) -> DeadLetter:
+    """The dead letter of one record, no larger than ``max_bytes`` with its key, whatever the record.
 
-    The whole original would not fit under the producer's request limit when the record itself was
-    over ``max_bytes`` (base64 adds a third); the dead letter then keeps the first ``max_bytes`` bytes
-    and says so, and the record itself stays readable at its source position.
+    The dead-letter topic refuses a message over its ``max.message.bytes`` with an error no retry can
+    fix, so a dead letter that did not fit would stop the stream on that batch. The original bytes go
+    in base64 (4/3 of their size): the dead letter keeps at most the first ``max_value_bytes`` of them
+    (the input limit: an oversized record is not republished whole), fewer when they would not fit,
+    and says so (``truncated``, ``value_bytes``); the record itself stays readable at its source
+    position. A key over ``MAX_KEY_BYTES`` is cut the same way.
     """
-    key, value = clip(record.key, MAX_KEY_BYTES), clip(record.value, max_bytes)
+    key = clip(record.key, MAX_KEY_BYTES)
+    fixed = dead_letter(record, reason, model, key, b"" if record.value is not None else None, True)
+    room = max_bytes - len(dumps(fixed)) - len(key or b"")
+    value = clip(record.value, min(max_value_bytes, max(0, room) // 4 * 3))  # base64: 3n bytes → 4n chars
+    return dead_letter(record, reason, model, key, value, key != record.key or value != record.value)
+
+
+def dead_letter(
+    record: Record,
+    reason: DeadLetterReason,
+    model: str,
+    key: bytes | None,
+    value: bytes | None,
+    truncated: bool,
+) -> DeadLetter:
     return DeadLetter(
         code=reason.code,
         reason=str(reason),
         key_b64=b64(key),
         value_b64=b64(value),
         value_bytes=None if record.value is None else len(record.value),
-        truncated=key != record.key or value != record.value,
+        truncated=truncated,
         source=source_of(record),
         model=model,
         detected_at=timestamp_iso(record.timestamp_ms),

@@ -52,15 +52,51 @@ def _build_table() -> dict[int, str | None]:
 _TABLE = _build_table()
 _WHITESPACE = re.compile(r"\s+")
 
+MAX_NON_STARTERS = 30
+"""Longest run of combining marks kept before NFKC, as in Unicode's Stream-Safe Text Format (UAX #15).
+
+CPython's NFKC puts each run of combining marks in canonical order with an insertion sort: quadratic,
+holding the GIL. One 500 KB post of marks took 100 s and froze the worker's heartbeat and status
+endpoint. No script needs more than a few marks on one letter; a run of thousands is an attack (or
+"Zalgo" text), and what is cut from it only ever mattered to the hash of such a post."""
+
+
+def _non_starter_class() -> str:
+    """A regex class of the characters that decompose to a combining mark first (planes 0-2 hold all)."""
+    codes = []
+    for code in range(0x30000):
+        char = chr(code)
+        decomposed = unicodedata.normalize("NFKD", char) if not unicodedata.combining(char) else char
+        if decomposed and unicodedata.combining(decomposed[0]):
+            codes.append(code)
+    ranges: list[tuple[int, int]] = []
+    for code in codes:
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1] = (ranges[-1][0], code)
+        else:
+            ranges.append((code, code))
+    return "".join(
+        re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges
+    )
+
+
+_MARK_RUN = re.compile(f"[{_non_starter_class()}]{{{MAX_NON_STARTERS + 1},}}")
+
+
+def cap_mark_runs(text: str) -> str:
+    """Cut every run of combining marks to its first ``MAX_NON_STARTERS`` (linear time)."""
+    return _MARK_RUN.sub(lambda run: run.group()[:MAX_NON_STARTERS], text)
+
 
 def normalize(text: str) -> str:
-    """Strip invisible and control characters, apply NFKC, collapse whitespace, trim.
+    """Strip invisible and control characters, cap runs of combining marks, apply NFKC, collapse
+    whitespace, trim. Linear in the length of the text.
 
     Invisible characters go *before* NFKC so that a zero-width character wedged inside a combining
     sequence cannot stop it from composing (``"e\\u200b\\u0301"`` normalises like ``"é"``).
     Newlines and tabs count as whitespace and collapse to one space.
     """
-    cleaned = unicodedata.normalize("NFKC", text.translate(_TABLE))
+    cleaned = unicodedata.normalize("NFKC", cap_mark_runs(text.translate(_TABLE)))
     return _WHITESPACE.sub(" ", cleaned.translate(_TABLE)).strip()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Literal
 
 from pydantic import ValidationError
 
@@ -20,16 +21,30 @@ MAX_DEPTH = 64
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def parse_record(record: Record, max_bytes: int, max_id_chars: int) -> Document | Deletion | DeadLetterReason:
+TombstoneScope = Literal["all_tenants", "default_tenant", "refuse"]
+"""What a Kafka tombstone (null value, key = document id) deletes. It names no tenant, so by default it
+deletes that id in *every* tenant, which is right for one tenant and wrong for many: there, one
+tenant's tombstone would erase another tenant's post that reuses the id. Multi-tenant deployments
+should set ``refuse`` (a tombstone becomes an ``invalid_tombstone`` dead letter) and delete with
+``{"id", "tenant", "deleted": true}``; ``default_tenant`` scopes tombstones to the ``default`` tenant."""
+
+
+def parse_record(
+    record: Record, max_bytes: int, max_id_chars: int, tombstones: TombstoneScope = "all_tenants"
+) -> Document | Deletion | DeadLetterReason:
     """Raw record → ``Document``, ``Deletion`` or the reason it is a dead letter. Never raises.
 
     Checks, in order: tombstone (null value) → size → UTF-8 → JSON (standard only: no NaN/Infinity) →
-    nesting depth → an object → ``deleted: true`` → field types → no lone surrogate escapes in id,
-    tenant or text (they cannot be encoded back to UTF-8) → text not empty after normalisation.
-    Over-long text is accepted: the encoder truncates it to the model's token limit.
+    nesting depth → an object → ``deleted: true`` → no lone surrogate escapes (they cannot be encoded
+    back to UTF-8) and no control characters in id and tenant → field types → no lone surrogate in the
+    text → text not empty after normalisation. Over-long text is accepted: the encoder truncates it to
+    the model's token limit.
+
+    Control characters are refused in ids and tenants because an index point's id is derived from the
+    pair (``tenant``, ``id``): with them allowed, one tenant could name another tenant's point.
     """
     if record.value is None:
-        return _tombstone(record.key, max_id_chars)
+        return _tombstone(record.key, max_id_chars, tombstones)
     if len(record.value) > max_bytes:
         return DeadLetterReason("oversized", f"{len(record.value)} bytes > {max_bytes}")
     try:
@@ -52,6 +67,11 @@ def parse_record(record: Record, max_bytes: int, max_id_chars: int) -> Document 
     deleted = obj.get("deleted", False)
     if not isinstance(deleted, bool):
         return DeadLetterReason("wrong_type", "deleted: must be a boolean")
+    for name in ("id", "tenant"):
+        value = obj.get(name)
+        problem = _identifier_problem(name, value) if isinstance(value, str) else None
+        if problem is not None:
+            return problem
     try:
         if deleted:
             deletion = Deletion.model_validate(obj, context=context)
@@ -67,7 +87,12 @@ def parse_record(record: Record, max_bytes: int, max_id_chars: int) -> Document 
     return document
 
 
-def _tombstone(key: bytes | None, max_id_chars: int) -> Deletion | DeadLetterReason:
+def _tombstone(key: bytes | None, max_id_chars: int, scope: TombstoneScope) -> Deletion | DeadLetterReason:
+    if scope == "refuse":
+        detail = (
+            'tombstones are refused here (tombstones=refuse): delete with {"id", "tenant", "deleted": true}'
+        )
+        return DeadLetterReason("invalid_tombstone", detail)
     if key is None:
         return DeadLetterReason("invalid_tombstone", "null value and no key: nothing to delete")
     try:
@@ -77,9 +102,13 @@ def _tombstone(key: bytes | None, max_id_chars: int) -> Deletion | DeadLetterRea
         return DeadLetterReason("invalid_tombstone", detail)
     if not doc_id:
         return DeadLetterReason("empty_id", "tombstone with an empty key")
+    problem = _identifier_problem("id", doc_id)
+    if problem is not None:
+        return problem
     if len(doc_id) > max_id_chars:
         return DeadLetterReason("id_too_long", f"{len(doc_id)} chars > {max_id_chars}")
-    return Deletion.model_validate({"id": doc_id, "tenant": None}, context={"max_id_chars": max_id_chars})
+    tenant = None if scope == "all_tenants" else "default"
+    return Deletion.model_validate({"id": doc_id, "tenant": tenant}, context={"max_id_chars": max_id_chars})
 
 
 class _NonStandardJSONError(ValueError):
@@ -119,6 +148,23 @@ def _json_type(obj: object) -> str:
     if isinstance(obj, str):
         return "string"
     return "array"
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
+
+
+def _identifier_problem(name: str, value: str) -> DeadLetterReason | None:
+    """A lone surrogate (``invalid_unicode``) or a control character (``invalid_id``/``invalid_tenant``)."""
+    surrogate = _LONE_SURROGATE.search(value)
+    if surrogate is not None:
+        return DeadLetterReason("invalid_unicode", f"{name}: lone surrogate at char {surrogate.start()}")
+    control = _CONTROL.search(value)
+    if control is not None:
+        code: ReasonCode = "invalid_id" if name == "id" else "invalid_tenant"
+        return DeadLetterReason(
+            code, f"{name}: control character U+{ord(control.group()):04X} at char {control.start()}"
+        )
+    return None
 
 
 def _unicode_problem(*fields: str) -> DeadLetterReason | None:

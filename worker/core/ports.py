@@ -76,6 +76,7 @@ class IndexPoint:
     model: str
     created_at: str | None = None
     decision: str | None = None
+    opaque: bool = False  # the model knew none of its tokens: it matches by the exact path only
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,7 @@ class StoredVector:
     text_hash: str
     vector: np.ndarray
     decision: str | None = None
+    opaque: bool = False
 
 
 # ------------------------------------------------------------------------------------- the model
@@ -112,6 +114,12 @@ class Encoder(Protocol):
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 array (len(texts), dim), each row L2-normalised; empty input → (0, dim)."""
+
+    def known(self, texts: Sequence[str]) -> list[bool]:
+        """Per text, whether the model knows any of its tokens. A post made only of characters outside
+        the vocabulary (emoji, an unknown script) embeds to the same "unknown" vector as every other
+        such post: "👎" would be a duplicate of "👍" at 1.0. Such a post is matched by its exact
+        text only."""
 
     def health(self) -> bool: ...
 

@@ -52,6 +52,7 @@ from worker.core.decide import (
 )
 from worker.core.decide import top_k as merge_top_k
 from worker.core.messages import (
+    DEFAULT_DEAD_LETTER_BYTES,
     DEFAULT_MAX_ID_CHARS,
     DeadLetterReason,
     Deletion,
@@ -62,7 +63,7 @@ from worker.core.messages import (
 )
 from worker.core.normalize import text_hash
 from worker.core.outcome import BatchOutcome, DeadLettered, Decided, Deleted, RecordOutcome
-from worker.core.parse import parse_record
+from worker.core.parse import TombstoneScope, parse_record
 from worker.core.ports import Candidate, Encoder, HashQuery, IndexPoint, Query, StoredVector, VectorIndex
 from worker.core.records import OrderKey, Record, order_key
 
@@ -75,7 +76,9 @@ class StepConfig:
     model_version: str
     top_k: int = 5
     max_message_bytes: int = 1_000_000
+    max_dead_letter_bytes: int = DEFAULT_DEAD_LETTER_BYTES  # the dead-letter topic's limit, with the key
     max_id_chars: int = DEFAULT_MAX_ID_CHARS
+    tombstones: TombstoneScope = "all_tenants"  # what a tombstone deletes (worker.core.parse)
 
 
 TIE_MARGIN = 2
@@ -96,6 +99,7 @@ class _Doc:
     exact: Candidate | None = None
     exact_in_batch: int | None = None  # position of the in-batch document it exactly repeats
     vector: np.ndarray | None = None
+    opaque: bool = False  # the model knows none of its tokens: it matches by the exact path only
     first: Verdict | None = None  # its first decision, stored with its point (a replay)
 
     @property
@@ -185,7 +189,7 @@ def _parse(records: Sequence[Record], config: StepConfig) -> list[_Parsed]:
         _Parsed(
             records[i],
             order_key(records[i]),
-            parse_record(records[i], config.max_message_bytes, config.max_id_chars),
+            parse_record(records[i], config.max_message_bytes, config.max_id_chars, config.tombstones),
         )
         for i in positions
     ]
@@ -259,7 +263,8 @@ def _exact(
 
 
 def _vectors(docs: list[_Doc], encoder: Encoder, index: VectorIndex) -> int:
-    """Give every document a vector: stored (replay), the exact match's, or one ``embed`` call.
+    """Give every document a vector: stored (replay), the exact match's, or one ``embed`` call; and
+    whether the model could read it (``Encoder.known``), from the same source.
 
     Returns how many stored vectors were reused.
     """
@@ -272,21 +277,22 @@ def _vectors(docs: list[_Doc], encoder: Encoder, index: VectorIndex) -> int:
         own = stored.get(doc.key)
         match = stored.get((doc.document.tenant, doc.exact.doc_id)) if doc.exact else None
         if own is not None and own.text_hash == doc.text_hash:
-            doc.vector, doc.first = own.vector, decode_verdict(own.decision)
+            doc.vector, doc.opaque, doc.first = own.vector, own.opaque, decode_verdict(own.decision)
             reused += 1
         elif doc.exact is not None and doc.exact_in_batch is None and match is not None:
-            doc.vector = match.vector
+            doc.vector, doc.opaque = match.vector, match.opaque
         elif doc.exact_in_batch is None:
             to_embed.append(doc)
     if to_embed:
         vectors = np.asarray(encoder.embed([d.document.text for d in to_embed]), dtype=np.float32)
         if vectors.shape != (len(to_embed), encoder.dim):
             raise ValueError(f"encoder returned {vectors.shape}, expected {(len(to_embed), encoder.dim)}")
-        for doc, vector in zip(to_embed, vectors, strict=True):
-            doc.vector = vector
+        known = encoder.known([d.document.text for d in to_embed])
+        for doc, vector, readable in zip(to_embed, vectors, known, strict=True):
+            doc.vector, doc.opaque = vector, not readable
     for doc in docs:  # in order: an in-batch exact match is earlier, so it already has its vector
         if doc.vector is None and doc.exact_in_batch is not None:
-            doc.vector = docs[doc.exact_in_batch].vector
+            doc.vector, doc.opaque = docs[doc.exact_in_batch].vector, docs[doc.exact_in_batch].opaque
     return reused
 
 
@@ -297,19 +303,25 @@ def _candidates(
     first_version: dict[tuple[str, str], OrderKey],
     k: int,
 ) -> list[list[Candidate]]:
-    """Per document, its ranked top-k: the exact match alone, or batch + index neighbours merged."""
+    """Per document, its ranked top-k: the exact match alone, or batch + index neighbours merged.
+
+    An opaque document (no token the model knows: its vector says nothing about it) neither searches
+    nor is found by similarity; it still repeats, and is repeated by, the same text exactly.
+    """
     if not docs:
         return []
     matrix = np.stack([_vector(d) for d in docs])
     sims = similarities(matrix)
-    searched = [i for i, d in enumerate(docs) if d.exact is None]
+    opaque = np.array([d.opaque for d in docs], dtype=bool)
+    readable = visible & ~opaque[None, :] & ~opaque[:, None]
+    searched = [i for i, d in enumerate(docs) if d.exact is None and not d.opaque]
     found = _index_candidates([docs[i] for i in searched], index, first_version, k)
     from_index = dict(zip(searched, found, strict=True))
-    in_batch = batch_candidates(sims, visible, [d.order for d in docs], [d.document.id for d in docs], k)
+    in_batch = batch_candidates(sims, readable, [d.order for d in docs], [d.document.id for d in docs], k)
     return [
         [doc.exact]
         if doc.exact is not None
-        else merge_top_k(in_batch[i] + from_index[i], k)  # batch wins an id
+        else merge_top_k(in_batch[i] + from_index.get(i, []), k)  # batch wins an id
         for i, doc in enumerate(docs)
     ]
 
@@ -333,6 +345,8 @@ def _index_candidates(
         candidates = []
         for n in neighbours:
             vector = stored.get((doc.document.tenant, n.doc_id))
+            if vector is not None and vector.opaque:
+                continue  # its vector says nothing about it: only the exact path may match it
             score = n.score if vector is None else cosine(_vector(doc), vector.vector)
             candidates.append(Candidate(n.doc_id, clamp_score(score), n.order, "index"))
         found.append(candidates)
@@ -353,7 +367,9 @@ def _outcomes(
     out: list[RecordOutcome] = []
     for p in parsed:
         if isinstance(p.item, DeadLetterReason):
-            letter = dead_letter_message(p.record, p.item, config.model_version, config.max_message_bytes)
+            letter = dead_letter_message(
+                p.record, p.item, config.model_version, config.max_message_bytes, config.max_dead_letter_bytes
+            )
             out.append(DeadLettered(p.record, letter))
         elif isinstance(p.item, Deletion):
             out.append(Deleted(p.record, p.item))
@@ -383,6 +399,7 @@ def _points(docs: list[_Doc], verdicts: list[Verdict], model: str) -> list[Index
             model=model,
             created_at=None if doc.document.created_at is None else doc.document.created_at.isoformat(),
             decision=encode_verdict(decided[id(doc)]),
+            opaque=doc.opaque,
         )
         for doc in sorted(latest.values(), key=lambda d: d.order)
     ]

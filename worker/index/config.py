@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal, Self
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, model_validator
 
 DEFAULT_OPTIMIZE_EVERY = 10_000
 """New points between two background optimisations of the embedded index (``EdgeIndex``'s default too)."""
@@ -24,7 +25,11 @@ class IndexSettings(BaseModel):
         description="`embedded` (Qdrant Edge on disk) or `qdrant` (a server); `qdrant` if `url` set.",
     )
     path: Path = Field(default=Path("data/index"), description="Directory of the embedded index.")
-    url: str | None = Field(default=None, description="Qdrant server URL, e.g. `https://qdrant:6333`.")
+    url: str | None = Field(
+        default=None,
+        repr=False,
+        description="Qdrant server URL, e.g. `https://qdrant:6333`; credentials in it are never shown.",
+    )
     api_key: SecretStr | None = Field(default=None, description="Qdrant API key (secret, never logged).")
     https: bool | None = Field(
         default=None, description="Force TLS to the Qdrant server; unset: from the URL scheme."
@@ -63,8 +68,21 @@ class IndexSettings(BaseModel):
             return {**data, "backend": "qdrant"}
         return data
 
+    @field_serializer("url")
+    def _mask_credentials(self, url: str | None) -> str | None:
+        return None if url is None else mask_credentials(url)
+
     @model_validator(mode="after")
     def _check_url(self) -> Self:
         if self.backend == "qdrant" and not self.url:
             raise ValueError("index backend qdrant needs a url")
         return self
+
+
+def mask_credentials(url: str) -> str:
+    """``http://user:pass@host`` → ``http://**********@host``: a URL with credentials, shown safely."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"**********@{host}"))

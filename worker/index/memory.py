@@ -8,6 +8,7 @@ keys inside ``[0, 2**53)``) and counts its calls, so a test can see what the bat
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 
@@ -83,7 +84,7 @@ class MemoryIndex:
             p = self._points.get(point_id(tenant, doc_id))
             if p is not None:
                 found[(tenant, doc_id)] = StoredVector(
-                    p.doc_id, p.tenant, p.text_hash, p.vector.copy(), p.decision
+                    p.doc_id, p.tenant, p.text_hash, p.vector.copy(), p.decision, p.opaque
                 )
         return found
 
@@ -93,9 +94,7 @@ class MemoryIndex:
             self._check_dim(p.vector)
             check_key(p.order)
             vector = np.array(p.vector, dtype=np.float32, copy=True)
-            self._points[point_id(p.tenant, p.doc_id)] = IndexPoint(
-                p.doc_id, p.tenant, vector, p.text_hash, p.order, p.model, p.created_at, p.decision
-            )
+            self._points[point_id(p.tenant, p.doc_id)] = dataclasses.replace(p, vector=vector)
 
     def delete(self, tenant: str | None, doc_ids: Sequence[str]) -> int:
         self.calls["delete"] += 1

@@ -1,7 +1,7 @@
 """What both index backends share, written once: the payload, the filter, the ranking, the hash rule.
 
 Every point is one document of one tenant, under a deterministic id (``point_id``), with the payload
-``id, tenant, text_hash, created_at, model, ts, pos, decision``. Every search and lookup is bounded by
+``id, tenant, text_hash, created_at, model, ts, pos, decision, opaque``. Every search and lookup is bounded by
 one filter: ``tenant == T`` AND ``(ts < TS OR (ts == TS AND pos < POS))`` AND NOT ``has_id(own point
 id)``. The range conditions go through f64 in Qdrant, so both parts of an order key must lie in
 ``[0, 2**53)``; ``check_key`` refuses keys outside it rather than let them compare wrongly.
@@ -28,7 +28,7 @@ from worker.core.records import OrderKey
 _NAMESPACE = uuid.UUID("9a1d3c52-6f0e-4d8b-8e57-0c5a3f1b2d77")
 MAX_KEY = 2**53  # f64 range filters compare integers exactly below this
 RESULT_FIELDS = ["id", "ts", "pos"]
-STORED_FIELDS = ["id", "tenant", "text_hash", "decision"]
+STORED_FIELDS = ["id", "tenant", "text_hash", "decision", "opaque"]
 HASH_PROBE = 8  # first find_hashes stage: this many earliest points, to see every tie on ts
 MODEL_KEY = "twinflag_model_version"
 
@@ -67,6 +67,7 @@ def payload(point: IndexPoint) -> dict[str, Any]:
         "ts": point.order[0],
         "pos": point.order[1],
         "decision": point.decision,
+        "opaque": point.opaque,
     }
 
 
@@ -102,6 +103,7 @@ def stored(row: Mapping[str, Any], vector: np.ndarray) -> StoredVector:
         str(row["text_hash"]),
         vector,
         None if decision is None else str(decision),
+        bool(row.get("opaque", False)),  # absent from points written before it was stored
     )
 
 

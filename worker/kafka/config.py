@@ -20,6 +20,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from worker.core.logs import get_logger
+from worker.core.messages import DEFAULT_DEAD_LETTER_BYTES
 from worker.core.records import Offsets
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -118,6 +119,13 @@ class KafkaSettings(BaseModel):
     )
     transactional_id: str | None = Field(
         default=None, description="Transactional id, unique per worker instance; required for `exactly-once`."
+    )
+    dlq_max_message_bytes: int | None = Field(
+        default=None,
+        ge=1024,
+        description="Largest message the dead-letter topic accepts (its `max.message.bytes`); a dead letter "
+        "that would be larger keeps only the first bytes of the original. Unset: read from the broker at "
+        "start, or 1,000,000 (under Kafka's default) when the broker does not say.",
     )
     create_topics: bool = Field(
         default=False,
@@ -229,6 +237,53 @@ def ensure_topics(kafka: KafkaSettings, max_message_bytes: int) -> list[str]:
     finally:
         admin.close()
     return sorted(missing)
+
+
+RECORD_OVERHEAD = 512
+"""Bytes of a Kafka record batch that are not the dead letter's key and value (headers, lengths)."""
+
+
+def dead_letter_limit(kafka: KafkaSettings, created: bool, max_message_bytes: int) -> int:
+    """How large a dead letter (value and key) may be: the setting, else the limit of a topic this
+    worker just created, else what the broker reports for the topic, else the safe default."""
+    if kafka.dlq_max_message_bytes is not None:
+        limit = kafka.dlq_max_message_bytes
+    elif created:
+        limit = dlq_max_bytes(max_message_bytes)
+    else:
+        limit = topic_message_limit(kafka, kafka.dlq_topic) or DEFAULT_DEAD_LETTER_BYTES + RECORD_OVERHEAD
+    return limit - RECORD_OVERHEAD
+
+
+def topic_message_limit(kafka: KafkaSettings, topic: str) -> int | None:
+    """The topic's ``max.message.bytes`` as the broker reports it; None when it does not say (Tansu
+    reports no configs) or cannot be asked."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(**kafka_options(kafka))
+        try:
+            described = admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})],
+                config_filter="all",
+            )
+        finally:
+            admin.close()
+    except (KafkaError, OSError, ValueError) as error:
+        log.warning("dlq_limit_unknown", topic=topic, error=type(error).__name__)
+        return None
+    return message_limit_of(described, topic)
+
+
+def message_limit_of(described: Any, topic: str) -> int | None:
+    """``max.message.bytes`` out of a ``describe_configs`` answer (``{"topic": {name: {key: {...}}}}``)."""
+    try:
+        entry = described["topic"][topic]["max.message.bytes"]
+        return int(entry["value"] if isinstance(entry, dict) else entry)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def to_kafka(offsets: Offsets) -> dict[TopicPartition, OffsetAndMetadata]:

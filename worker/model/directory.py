@@ -94,18 +94,70 @@ def read_manifest(path: Path) -> Manifest:
 
 
 def build_module(manifest: Manifest, root: Path) -> nn.Module:
-    """An untrained module of the manifest's architecture (the transformer from ``config.json``)."""
+    """An untrained module of the manifest's architecture (the transformer from ``config.json``), once
+    ``config.json`` and the shapes in the weights' header agree with the manifest: nothing is allocated
+    for sizes the weights do not have."""
     from worker.model.modules import BiLSTMEncoder, TransformerEncoder
 
     params = manifest.hyperparameters
+    shapes = weight_shapes(required_file(root, WEIGHTS_FILE))
     if isinstance(params, BiLSTMParams):
+        _expect_shape(root, shapes, "embedding.weight", (params.vocab_size, params.embedding_dim))
+        _expect_shape(root, shapes, "projection.weight", (manifest.dim, 4 * params.hidden_size))
         return BiLSTMEncoder(params, manifest.dim, manifest.pad_token_id)
     from transformers import BertConfig
 
-    config = BertConfig.from_json_file(str(required_file(root, CONFIG_FILE)))
+    try:
+        config = BertConfig.from_json_file(str(required_file(root, CONFIG_FILE)))
+    except (ValueError, OSError) as error:
+        raise ModelFormatError(f"{root}: {CONFIG_FILE} is not a BERT configuration: {error}") from error
     if config.hidden_size != manifest.dim:
         raise ModelFormatError(f"{root}: config.json hidden_size {config.hidden_size} != dim {manifest.dim}")
+    summary = {
+        "num_hidden_layers": params.num_hidden_layers,
+        "num_attention_heads": params.num_attention_heads,
+        "intermediate_size": params.intermediate_size,
+        "vocab_size": params.vocab_size,
+    }
+    for name, value in summary.items():
+        if getattr(config, name, None) != value:
+            raise ModelFormatError(f"{root}: config.json {name} {getattr(config, name, None)} != {value}")
+    if config.max_position_embeddings < manifest.max_tokens:
+        raise ModelFormatError(
+            f"{root}: max_tokens {manifest.max_tokens} > the model's"
+            f" {config.max_position_embeddings} positions"
+        )
+    embeddings = "bert.embeddings."
+    _expect_shape(
+        root, shapes, embeddings + "word_embeddings.weight", (config.vocab_size, config.hidden_size)
+    )
+    _expect_shape(
+        root,
+        shapes,
+        embeddings + "position_embeddings.weight",
+        (config.max_position_embeddings, config.hidden_size),
+    )
     return TransformerEncoder(config)
+
+
+def weight_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from a safetensors header, without reading the tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as file:
+            return {name: tuple(file.get_slice(name).get_shape()) for name in file.keys()}  # noqa: SIM118
+    except Exception as error:  # safetensors raises its own error types for a malformed header
+        raise ModelFormatError(f"{weights}: not a safetensors file: {error}") from error
+
+
+def _expect_shape(
+    root: Path, shapes: dict[str, tuple[int, ...]], name: str, expected: tuple[int, ...]
+) -> None:
+    if shapes.get(name) != expected:
+        raise ModelFormatError(
+            f"{root}: weights hold {name} of shape {shapes.get(name)}, the manifest and config say {expected}"
+        )
 
 
 def load_model_dir(path: Path) -> tuple[Manifest, nn.Module, Tokenizer]:
@@ -136,6 +188,11 @@ def load_model_dir(path: Path) -> tuple[Manifest, nn.Module, Tokenizer]:
         tokenizer = Tokenizer.from_file(str(required_file(root, TOKENIZER_FILE)))
     except Exception as error:  # tokenizers raises a bare Exception on malformed JSON
         raise ModelFormatError(f"{path}: {TOKENIZER_FILE} is not a tokenizers file: {error}") from error
+    if tokenizer.get_vocab_size() > manifest.hyperparameters.vocab_size:
+        raise ModelFormatError(
+            f"{path}: the tokenizer has {tokenizer.get_vocab_size()} tokens, the model's vocabulary"
+            f" {manifest.hyperparameters.vocab_size}: token ids would index past its embeddings"
+        )
     return manifest, module, configure_tokenizer(tokenizer, manifest.max_tokens)
 
 

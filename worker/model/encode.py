@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from worker.model.tokenizer import UNK_TOKEN
+
 if TYPE_CHECKING:
     import torch
     from tokenizers import Tokenizer
@@ -55,6 +57,22 @@ def token_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size:
     return batches
 
 
+CHARS_PER_TOKEN = 64
+"""The tokenizer reads at most ``max_tokens × CHARS_PER_TOKEN`` characters of a text: far more than
+``max_tokens`` tokens take in any real post (a token is rarely over 20 characters; BERT's WordPiece
+gives a word over 100 characters one ``[UNK]``), and it bounds the tokenizer's time on a hostile
+one (a 1 MB post of "a a a ..." took 1.2 s to tokenise only to be truncated at the 256th token)."""
+
+
+def clip_for_tokenizer(texts: Sequence[str], tokenizer: Tokenizer) -> list[str]:
+    """Each text cut to what the tokenizer can use before it truncates (see ``CHARS_PER_TOKEN``)."""
+    truncation = tokenizer.truncation
+    if not truncation:
+        return list(texts)
+    limit = int(truncation["max_length"]) * CHARS_PER_TOKEN
+    return [text[:limit] for text in texts]
+
+
 def embed_texts(
     module: torch.nn.Module,
     tokenizer: Tokenizer,
@@ -68,7 +86,8 @@ def embed_texts(
 ) -> np.ndarray:
     """The one embedding path, shared by the worker and the trainer's evaluation and mining.
 
-    Tokenises once (the tokenizer truncates), batches by ``token_batches``, runs the module under
+    Tokenises once (the tokenizer truncates; it is given no more characters than it can use: see
+    ``CHARS_PER_TOKEN``), batches by ``token_batches``, runs the module under
     ``inference_mode`` (and autocast when a dtype is given), and returns float32 rows in input order.
     The module should be in eval mode.
     """
@@ -82,7 +101,7 @@ def embed_texts(
     out = np.zeros((len(texts), dim), dtype=np.float32)
     if not texts:
         return out
-    ids = [encoding.ids for encoding in tokenizer.encode_batch(list(texts))]
+    ids = [encoding.ids for encoding in tokenizer.encode_batch(clip_for_tokenizer(texts, tokenizer))]
     with torch.inference_mode():
         for batch in token_batches([len(row) for row in ids], max_batch_tokens, max_batch_size):
             input_ids, mask = pad_batch([ids[i] for i in batch], pad_token_id)
@@ -157,6 +176,14 @@ class TorchEncoder:
             max_batch_tokens=self.max_batch_tokens,
             max_batch_size=self.max_batch_size,
         )
+
+    def known(self, texts: Sequence[str]) -> list[bool]:
+        """Whether each text has a token other than ``[UNK]`` and the special tokens (tokenising only)."""
+        unknown = self.tokenizer.token_to_id(getattr(self.tokenizer.model, "unk_token", UNK_TOKEN))
+        special = set(self.tokenizer.encode("").ids)  # what the post-processor adds: [CLS], [SEP]
+        special |= {int(i) for i in self.tokenizer.get_added_tokens_decoder()}
+        rows = self.tokenizer.encode_batch(clip_for_tokenizer(texts, self.tokenizer))
+        return [any(i != unknown and i not in special for i in row.ids) for row in rows]
 
     def health(self) -> bool:
         """One tiny forward pass: the model runs on its device and gives a finite unit vector."""

@@ -57,25 +57,34 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# Bounds far above any model a worker can run, so that a manifest cannot make the loader allocate
+# without limit or the first batch index past a table: a manifest is trusted no further than these,
+# and ``worker.model.directory`` checks the rest against config.json, the tokenizer and the weights.
+MAX_WIDTH = 16_384
+MAX_TOKENS = 8_192
+MAX_VOCAB = 2_000_000
+MAX_LAYERS = 128
+
+
 class TransformerParams(_Frozen):
     """A summary of ``config.json`` (which stays the source of truth for building the BERT)."""
 
     kind: Literal["transformer"] = "transformer"
-    hidden_size: int = Field(gt=0)
-    num_hidden_layers: int = Field(gt=0)
-    num_attention_heads: int = Field(gt=0)
-    intermediate_size: int = Field(gt=0)
-    vocab_size: int = Field(gt=0)
+    hidden_size: int = Field(gt=0, le=MAX_WIDTH)
+    num_hidden_layers: int = Field(gt=0, le=MAX_LAYERS)
+    num_attention_heads: int = Field(gt=0, le=MAX_WIDTH)
+    intermediate_size: int = Field(gt=0, le=4 * MAX_WIDTH)
+    vocab_size: int = Field(gt=0, le=MAX_VOCAB)
 
 
 class BiLSTMParams(_Frozen):
     """Everything needed to rebuild a ``BiLSTMEncoder`` before loading its weights."""
 
     kind: Literal["bilstm"] = "bilstm"
-    vocab_size: int = Field(gt=0)
-    embedding_dim: int = Field(gt=0)
-    hidden_size: int = Field(gt=0)
-    num_layers: int = Field(default=1, gt=0)
+    vocab_size: int = Field(gt=0, le=MAX_VOCAB)
+    embedding_dim: int = Field(gt=0, le=MAX_WIDTH)
+    hidden_size: int = Field(gt=0, le=MAX_WIDTH)
+    num_layers: int = Field(default=1, gt=0, le=MAX_LAYERS)
     dropout: float = Field(default=0.0, ge=0, lt=1)
 
 
@@ -114,8 +123,10 @@ class Manifest(_Frozen):
     version: str = Field(default="", description="<architecture>-<12 hex of sha256(model.safetensors)>.")
     architecture: Architecture
     hyperparameters: TransformerParams | BiLSTMParams = Field(discriminator="kind")
-    dim: int = Field(gt=0)
-    max_tokens: int = Field(gt=0, description="Longer texts are truncated to this many tokens, not rejected.")
+    dim: int = Field(gt=0, le=MAX_WIDTH)
+    max_tokens: int = Field(
+        gt=0, le=MAX_TOKENS, description="Longer texts are truncated to this many tokens, not rejected."
+    )
     normalize: Literal[True] = True
     pooling: Literal["mean", "mean_max"]
     pad_token_id: int = Field(default=0, ge=0)
@@ -136,4 +147,9 @@ class Manifest(_Frozen):
             raise ValueError("the transformer encoder pools by mean")
         if self.architecture == "bilstm" and self.pooling != "mean_max":
             raise ValueError("the bilstm encoder pools by mean and max")
+        vocab = self.hyperparameters.vocab_size
+        if self.pad_token_id >= vocab:
+            raise ValueError(f"pad_token_id {self.pad_token_id} is not in the vocabulary ({vocab})")
+        if self.architecture == "transformer" and self.hyperparameters.hidden_size != self.dim:
+            raise ValueError(f"dim {self.dim} != hidden_size {self.hyperparameters.hidden_size}")
         return self

@@ -10,6 +10,7 @@ from tokenizers import Tokenizer
 from tokenizers.normalizers import Normalizer
 
 PAD_TOKEN = "[PAD]"  # noqa: S105 -- a vocabulary entry, not a password
+UNK_TOKEN = "[UNK]"  # noqa: S105 -- a vocabulary entry, not a password
 
 # Cyrillic and Greek letters that spammers swap in for Latin ones ("frее" with Cyrillic е's).
 HOMOGLYPHS = {

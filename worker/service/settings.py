@@ -16,6 +16,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.core.parse import TombstoneScope
 from worker.index.config import IndexSettings
 from worker.kafka.config import KafkaSettings
 from worker.model.config import ModelSettings
@@ -45,6 +46,12 @@ class WorkerSettings(BaseSettings):
     top_k: int = Field(default=5, ge=1, le=100, description="Matches listed on a flag (best first).")
     max_message_bytes: int = Field(
         default=1_000_000, ge=1, description="Records larger than this go to the dead-letter topic."
+    )
+    tombstones: TombstoneScope = Field(
+        default="all_tenants",
+        description="What a Kafka tombstone (null value, key = id) deletes: `all_tenants` (that id in every "
+        "tenant: one tenant only), `default_tenant`, or `refuse` (dead letter; multi-tenant deployments "
+        'delete with `{"id", "tenant", "deleted": true}`).',
     )
     metrics_host: str = Field(
         default="0.0.0.0",  # noqa: S104 -- probes and scrapers reach the container from outside

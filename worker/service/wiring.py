@@ -15,16 +15,18 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from worker.core.emit import Topics
 from worker.core.errors import Action, Backoff, FatalError, IndexMismatchError, policy
 from worker.core.logs import get_logger
+from worker.core.messages import DEFAULT_DEAD_LETTER_BYTES
 from worker.core.ports import BatchPublisher, Encoder, RecordSource, VectorIndex
 from worker.core.step import StepConfig
 from worker.index.config import IndexSettings
-from worker.kafka.config import consumer_options, ensure_topics, producer_options
+from worker.kafka.config import consumer_options, dead_letter_limit, ensure_topics, producer_options
 from worker.model.encode import TorchEncoder
 from worker.service.loop import run as run_loop
 from worker.service.settings import WorkerSettings
@@ -126,12 +128,19 @@ def load_model(settings: WorkerSettings, model_dir: Path | None = None) -> tuple
     return encoder, encoder.manifest.thresholds.decision
 
 
-def step_config(settings: WorkerSettings, encoder: Encoder, threshold: float) -> StepConfig:
+def step_config(
+    settings: WorkerSettings,
+    encoder: Encoder,
+    threshold: float,
+    dead_letter_bytes: int = DEFAULT_DEAD_LETTER_BYTES,
+) -> StepConfig:
     return StepConfig(
         threshold=threshold,
         model_version=encoder.version,
         top_k=settings.top_k,
         max_message_bytes=settings.max_message_bytes,
+        max_dead_letter_bytes=dead_letter_bytes,
+        tombstones=settings.tombstones,
     )
 
 
@@ -176,9 +185,10 @@ def start(
     readiness: Readiness,
     metrics: Metrics,
     stack: ExitStack,
-) -> tuple[VectorIndex, RecordSource, BatchPublisher] | None:
-    """Status endpoint, index (checked against the model), topics, consumer, producer; each close on
-    ``stack``. Waits out unavailable servers; None if stopped meanwhile."""
+) -> Started | None:
+    """Status endpoint, index (checked against the model), topics and the dead-letter topic's limit,
+    consumer, producer; each close on ``stack``. Waits out unavailable servers; None if stopped
+    meanwhile."""
     if settings.metrics_port is not None:
         try:
             server = StatusServer(settings.metrics_host, settings.metrics_port, metrics, readiness)
@@ -197,14 +207,14 @@ def start(
     if retrying("index", ensure, settings, stop) is None:
         return None
     readiness.index_ready = True
-    if (
-        settings.kafka.create_topics
-        and retrying(
+    created: list[str] = []
+    if settings.kafka.create_topics:
+        made = retrying(
             "topics", lambda: ensure_topics(settings.kafka, settings.max_message_bytes), settings, stop
         )
-        is None
-    ):
-        return None
+        if made is None:
+            return None
+        created = made
     consumer: RecordSource | None = retrying("consumer", lambda: build_consumer(settings), settings, stop)
     if consumer is None:
         return None
@@ -214,7 +224,22 @@ def start(
     if publisher is None:
         return None
     stack.callback(publisher.close, close_s)
-    return index, consumer, publisher
+    # asked once the broker has answered the consumer: an unreachable broker would make this wait
+    dead_letter_bytes = dead_letter_limit(
+        settings.kafka, settings.kafka.dlq_topic in created, settings.max_message_bytes
+    )
+    log.info("dead_letter_limit", topic=settings.kafka.dlq_topic, bytes=dead_letter_bytes)
+    return Started(index, consumer, publisher, dead_letter_bytes)
+
+
+@dataclass(frozen=True)
+class Started:
+    """What ``start`` built: the clients the loop runs with, and the dead-letter topic's limit."""
+
+    index: VectorIndex
+    consumer: RecordSource
+    publisher: BatchPublisher
+    dead_letter_bytes: int
 
 
 def run_worker(
@@ -240,7 +265,7 @@ def run_worker(
             return EXIT_ERROR
         if started is None:
             return EXIT_OK  # stopped while waiting for a server
-        index, consumer, publisher = started
+        index, consumer, publisher = started.index, started.consumer, started.publisher
         log.info(
             "worker_started",
             model=encoder.version,
@@ -257,7 +282,7 @@ def run_worker(
                 encoder,
                 index,
                 publisher,
-                step_config(settings, encoder, threshold),
+                step_config(settings, encoder, threshold, started.dead_letter_bytes),
                 stop,
                 topics=topics(settings),
                 metrics=metrics,
