@@ -11,6 +11,8 @@
 #   DOCUMENTS_PARTITIONS [6]  FLAGS_PARTITIONS [6]  DLQ_PARTITIONS [1]  DECISIONS_PARTITIONS [6]
 #   DOCUMENTS_TOPIC [documents]  FLAGS_TOPIC [duplicate-flags]  DLQ_TOPIC [documents.dlq]
 #   DECISIONS_TOPIC [decisions]  WAIT_S [120]  COMMAND_CONFIG (a client properties file for SASL/TLS)
+#   DOCUMENTS_TIMESTAMP_TYPE [LogAppendTime]: the broker stamps documents as they arrive, so a producer
+#   cannot backdate a repost to before its original ("earlier" is by record timestamp)
 set -euo pipefail
 
 bootstrap="${BOOTSTRAP_SERVERS:-kafka:9092}"
@@ -48,7 +50,8 @@ create() {  # name partitions [--config k=v ...]
   echo "init-topics: $name ready (${have:-?} partitions)"
 }
 
-create "${DOCUMENTS_TOPIC:-documents}" "${DOCUMENTS_PARTITIONS:-6}"
+create "${DOCUMENTS_TOPIC:-documents}" "${DOCUMENTS_PARTITIONS:-6}" \
+  --config "message.timestamp.type=${DOCUMENTS_TIMESTAMP_TYPE:-LogAppendTime}"
 # Flags are keyed by document id and replays republish identical bytes: compaction collapses them.
 create "${FLAGS_TOPIC:-duplicate-flags}" "${FLAGS_PARTITIONS:-6}" --config cleanup.policy=compact,delete
 create "${DLQ_TOPIC:-documents.dlq}" "${DLQ_PARTITIONS:-1}" --config "max.message.bytes=$dlq_max_bytes"

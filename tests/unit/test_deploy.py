@@ -243,6 +243,7 @@ def test_init_topics_creates_the_four_topics_with_their_partitions(fake_kafka: P
         assert "--bootstrap-server kafka:9092" in made[topic]
     assert f"max.message.bytes={dlq_max_bytes(DEFAULTS.max_message_bytes)}" in made["documents.dlq"]
     assert "cleanup.policy=compact,delete" in made["duplicate-flags"]
+    assert "message.timestamp.type=LogAppendTime" in made["documents"]  # producers cannot backdate posts
     # The fake reports 2 partitions: fewer than asked is reported and left alone, not altered.
     assert "documents has 2 partitions, fewer than the 4 asked" in result.stderr
     assert "--alter" not in (fake_kafka.parent / "calls.log").read_text()

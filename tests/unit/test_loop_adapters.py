@@ -172,6 +172,7 @@ class FakeConsumer:
         self.seeks: list[tuple[TopicPartition, int]] = []
         self.polls: list[int] = []
         self.refuse = False
+        self.stamped_by_broker: set[int] = set()  # partitions whose records carry LogAppendTime
 
     def subscribe(self, topics: list[str], listener: object) -> None:
         pass
@@ -187,6 +188,8 @@ class FakeConsumer:
         stamps = self.logs[partition][start : start + min(count, max_records)]
         self.position_of[partition] += len(stamps)
         records = [_Msg(partition, start + i, ts) for i, ts in enumerate(stamps)]
+        for record in records:
+            record.timestamp_type = int(partition in self.stamped_by_broker)
         return {TopicPartition("documents", partition): records} if records else {}
 
     def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], timeout_ms: int) -> None:
@@ -220,6 +223,7 @@ class _Msg:
     def __init__(self, partition: int, offset: int, timestamp: int) -> None:
         self.topic, self.partition, self.offset, self.timestamp = "documents", partition, offset, timestamp
         self.key, self.value = b"k", b"{}"
+        self.timestamp_type = 0  # CreateTime, as most topics are
 
 
 def source_over(
@@ -331,3 +335,17 @@ def test_rewind_skips_partitions_no_longer_assigned() -> None:
     source = source_over(consumer)
     source.rewind({("documents", 0): 5, ("documents", 1): 7})
     assert consumer.seeks == [(TopicPartition("documents", 0), 5)]
+
+
+def test_producer_timestamps_are_reported_once_per_partition() -> None:
+    """ "Earlier" is by record timestamp: with CreateTime a producer can backdate a repost to before its
+    original (timestamp_ms=1) and never be flagged. The operator is told, once, what closes it."""
+    consumer = FakeConsumer({0: [1, 2, 3, 4], 1: [1, 2, 3, 4]}, [(0, 2), (1, 2), (0, 2), (1, 2)])
+    consumer.stamped_by_broker = {1}
+    source = source_over(consumer, max_records=2, order_wait_s=0.0)
+    with structlog.testing.capture_logs() as events:
+        for _ in range(6):
+            source.poll()
+    warned = [e for e in events if e["event"] == "producer_timestamps"]
+    assert [e["partition"] for e in warned] == ["documents/0"]
+    assert "LogAppendTime" in warned[0]["advice"]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from tests.fakes import HashEncoder, MemoryIndex, doc_record, raw_record
 from worker.core.step import StepConfig, run_batch
@@ -52,3 +56,37 @@ def test_health_readiness_and_metrics() -> None:
         assert "twinflag_consumer_lag 7.0" in text
         assert "twinflag_batch_seconds_bucket" in text
         assert get(server.port, "/nope")[0] == 404
+
+
+def open_fds() -> int:
+    return len(list(Path("/proc/self/fd").iterdir()))
+
+
+def test_idle_and_slow_clients_cost_bounded_descriptors_and_health_still_answers() -> None:
+    """1,000 idle sockets took every descriptor of the worker (a thread each, no timeout): /healthz
+    timed out and the index's next flush failed with "Too many open files"."""
+    metrics, readiness = Metrics(), Readiness()
+    before = open_fds()
+    with StatusServer("127.0.0.1", 0, metrics, readiness, max_connections=20, timeout_s=0.5) as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(150)]
+        slow = socket.create_connection(("127.0.0.1", server.port))
+        slow.sendall(b"GET /healthz HT")  # and never the rest
+        time.sleep(0.2)
+        assert server.open_connections <= 20
+        assert open_fds() - before <= 150 + 1 + 20 + 8  # our client sockets, 20 held, a few of the loop's
+        started = time.monotonic()
+        deadline = started + 5
+        while True:  # the slots free up as the idle ones time out
+            try:
+                assert get(server.port, "/healthz") == (200, "ok\n")
+                break
+            except (OSError, urllib.error.URLError):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert time.monotonic() - started < 1.5
+        for sock in [*idle, slow]:
+            sock.settimeout(2)
+            with contextlib.suppress(ConnectionResetError):  # closed by the server, abruptly
+                assert sock.recv(10) == b""  # closed by the server
+            sock.close()
+    assert open_fds() <= before + 1

@@ -227,6 +227,8 @@ def ensure_topics(kafka: KafkaSettings, max_message_bytes: int) -> list[str]:
         for name in names
     }
     spec[kafka.dlq_topic]["configs"] = {"max.message.bytes": str(dlq_max_bytes(max_message_bytes))}
+    # the broker's clock says "earlier": a producer cannot backdate a repost to before its original
+    spec[kafka.input_topic]["configs"] = {"message.timestamp.type": "LogAppendTime"}
     admin = KafkaAdminClient(**kafka_options(kafka))
     try:
         existing = set(admin.list_topics())

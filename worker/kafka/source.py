@@ -36,6 +36,8 @@ from worker.kafka.ordering import OrderedMerge
 
 log = get_logger("consume")
 
+CREATE_TIME = 0  # a record's timestamp type: 0 set by the producer, 1 by the broker (LogAppendTime)
+
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python is untyped
     def __init__(self, source: KafkaSource) -> None:
@@ -89,6 +91,7 @@ class KafkaSource:
         self._last_contact = time.monotonic()
         self._next: dict[Partition, int] = {}  # per partition: the offset after the last record returned
         self._logged_stall: list[str] = []
+        self._timestamp_types: dict[Partition, int] = {}  # 0: CreateTime, 1: LogAppendTime (per partition)
         self.joined = False  # the group has handed this member its partitions (none is an answer too)
         consumer.subscribe([topic], listener=_Listener(self))
 
@@ -128,11 +131,29 @@ class KafkaSource:
         except KafkaError as error:
             raise BrokerUnavailableError(f"poll failed: {type(error).__name__}") from error
         for tp, batch in polled.items():
+            if batch:
+                self._note_timestamp_type((tp.topic, tp.partition), getattr(batch[0], "timestamp_type", None))
             self._merge.extend(
                 (tp.topic, tp.partition),
                 (Record(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value) for m in batch),
             )
             self._last_contact = time.monotonic()
+
+    def _note_timestamp_type(self, partition: Partition, kind: int | None) -> None:
+        """Say once per partition when its timestamps are the producers' (``CreateTime``): "earlier" is
+        by record timestamp, so a producer could backdate a repost to before its original and never be
+        flagged. ``message.timestamp.type=LogAppendTime`` on the topic makes the broker stamp records
+        as they arrive (README, "Where the limits are")."""
+        if kind is None or self._timestamp_types.get(partition) == kind:
+            return
+        self._timestamp_types[partition] = kind
+        if kind == CREATE_TIME:
+            topic, number = partition
+            log.warning(
+                "producer_timestamps",
+                partition=f"{topic}/{number}",
+                advice="message.timestamp.type=LogAppendTime on the topic: a producer can backdate a post",
+            )
 
     def _bound(self) -> float:
         """The merge's bound over the partitions not read to their end, known without a request."""

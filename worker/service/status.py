@@ -1,4 +1,4 @@
-"""Prometheus metrics, ``/healthz`` and ``/readyz`` over one small stdlib HTTP server thread.
+"""Prometheus metrics, ``/healthz`` and ``/readyz`` over one small HTTP server thread with bounded work.
 
 ``/healthz``: the process is alive and serving (200). ``/readyz``: 200 when the model is loaded, the
 index ensured, the broker reachable, the consumer group has assigned this worker its partitions (none,
@@ -8,9 +8,10 @@ missing conditions otherwise. ``/metrics``: the Prometheus text format of the wo
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
 
 from prometheus_client import (
@@ -100,16 +101,36 @@ class Readiness:
 
 
 class StatusServer:
-    """``/metrics``, ``/healthz``, ``/readyz`` on a daemon thread. A context manager; ``port`` is bound."""
+    """``/metrics``, ``/healthz``, ``/readyz`` served by one asyncio loop on a daemon thread, with bounded
+    work: at most ``max_connections`` waiting for their request at once (a new one pushes out the one
+    that has waited longest), each given ``timeout_s`` to send a request head of at most 8 KiB,
+    answered once and closed.
 
-    def __init__(self, host: str, port: int, metrics: Metrics, readiness: Readiness) -> None:
-        handler = _handler(metrics, readiness)
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
-        self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="twinflag-status", daemon=True
-        )
+    A thread per connection with no timeout (the stdlib server it replaces) let 1,000 idle sockets take
+    every file descriptor: the status thread spun, ``/healthz`` timed out, and the index's next flush
+    failed with "Too many open files". Here idle and slow clients cost one descriptor each, for
+    ``timeout_s`` at most, and never more than ``max_connections`` of them. A context manager; ``port``
+    is bound when it is built.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metrics: Metrics,
+        readiness: Readiness,
+        *,
+        max_connections: int = 256,
+        timeout_s: float = 3.0,
+    ) -> None:
+        self._metrics, self._readiness = metrics, readiness
+        self._max_connections, self._timeout_s = max_connections, timeout_s
+        self._sock = socket.create_server((host, port), backlog=128)
+        self.port: int = self._sock.getsockname()[1]
+        self._loop = asyncio.new_event_loop()
+        self._stopping: asyncio.Event | None = None
+        self._reading: dict[asyncio.StreamWriter, None] = {}  # in arrival order: the oldest first
+        self._thread = threading.Thread(target=self._run, name="twinflag-status", daemon=True)
 
     def __enter__(self) -> Self:
         self._thread.start()
@@ -120,34 +141,79 @@ class StatusServer:
 
     def close(self, timeout_s: float) -> None:
         if self._thread.is_alive():
-            self._server.shutdown()
+            self._loop.call_soon_threadsafe(self._stop)
             self._thread.join(timeout_s)
-        self._server.server_close()
+        self._sock.close()
+
+    def _stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve())
+        finally:
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        self._stopping = asyncio.Event()
+        server = await asyncio.start_server(self._handle, sock=self._sock, limit=MAX_HEAD_BYTES)
+        async with server:
+            await self._stopping.wait()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._reading) >= self._max_connections:
+            # Full: the connection that has waited longest without sending a request goes, so a probe,
+            # which asks at once, always gets through a crowd of idle or slow clients.
+            oldest = next(iter(self._reading))
+            del self._reading[oldest]
+            oldest.transport.abort()
+        self._reading[writer] = None
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._timeout_s)
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.transport.abort()  # idle, slow, oversized, evicted or gone: nothing to answer
+            return
+        finally:
+            self._reading.pop(writer, None)
+        status, body, content_type = self._answer(head)
+        writer.write(_response(status, body, content_type, with_body=not head.startswith(b"HEAD ")))
+        writer.close()  # after the buffered answer is sent
+        try:
+            await asyncio.wait_for(writer.wait_closed(), self._timeout_s)
+        except (TimeoutError, ConnectionError):
+            writer.transport.abort()
+
+    @property
+    def open_connections(self) -> int:
+        """Connections still sending their request (answered ones close at once)."""
+        return len(self._reading)
+
+    def _answer(self, head: bytes) -> tuple[int, bytes, str]:
+        request_line = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+        if len(request_line) < 2 or request_line[0] not in ("GET", "HEAD"):
+            return 405, b"method not allowed\n", TEXT
+        path = request_line[1].split("?", 1)[0]
+        if path == "/metrics":
+            return 200, generate_latest(self._metrics.registry), CONTENT_TYPE_LATEST
+        if path == "/healthz":
+            return 200, b"ok\n", TEXT
+        if path == "/readyz":
+            missing = self._readiness.missing()
+            body = ("ready\n" if not missing else "not ready: " + "; ".join(missing) + "\n").encode()
+            return (503 if missing else 200), body, TEXT
+        return 404, b"not found\n", TEXT
 
 
-def _handler(metrics: Metrics, readiness: Readiness) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._reply(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                self._reply(200, b"ok\n", "text/plain; charset=utf-8")
-            elif path == "/readyz":
-                missing = readiness.missing()
-                body = ("ready\n" if not missing else "not ready: " + "; ".join(missing) + "\n").encode()
-                self._reply(503 if missing else 200, body, "text/plain; charset=utf-8")
-            else:
-                self._reply(404, b"not found\n", "text/plain; charset=utf-8")
+MAX_HEAD_BYTES = 8 * 1024
+TEXT = "text/plain; charset=utf-8"
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
-        def _reply(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:
-            """Probes every few seconds are not worth a log line."""
-
-    return Handler
+def _response(status: int, body: bytes, content_type: str, *, with_body: bool) -> bytes:
+    head = (
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + (body if with_body else b"")

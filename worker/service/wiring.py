@@ -10,6 +10,7 @@ that a restart cannot fix.
 from __future__ import annotations
 
 import random
+import resource
 import signal
 import threading
 import time
@@ -36,6 +37,17 @@ log = get_logger("main")
 T = TypeVar("T")
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
+
+
+def raise_descriptor_limit(wanted: int = 65_536) -> None:
+    """Raise the soft limit on open files towards the hard one: the embedded index keeps a descriptor
+    per segment file, and the 1,024 many systems start with leaves little room beside the clients and
+    the status endpoint (which holds at most ``StatusServer.max_connections``)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        log.info("descriptor_limit_raised", soft=target, was=soft)
 
 
 def build_consumer(settings: WorkerSettings) -> RecordSource:
@@ -189,6 +201,7 @@ def start(
     """Status endpoint, index (checked against the model), topics and the dead-letter topic's limit,
     consumer, producer; each close on ``stack``. Waits out unavailable servers; None if stopped
     meanwhile."""
+    raise_descriptor_limit()
     if settings.metrics_port is not None:
         try:
             server = StatusServer(settings.metrics_host, settings.metrics_port, metrics, readiness)
