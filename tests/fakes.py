@@ -16,7 +16,7 @@ import numpy as np
 
 from worker.core.emit import Topics, emit
 from worker.core.outcome import BatchOutcome
-from worker.core.ports import Encoder, Publisher, VectorIndex
+from worker.core.ports import Encoder, Publisher, VectorIndex, Verifier
 from worker.core.records import Record
 from worker.core.step import StepConfig, run_batch
 from worker.index.memory import MemoryIndex
@@ -140,9 +140,10 @@ def run_and_send(
     publisher: Publisher,
     config: StepConfig,
     topics: Topics | None = None,
+    verifier: Verifier | None = None,
 ) -> BatchOutcome:
     """One batch as the loop runs it, minus flush and commit: the step, then every message sent."""
-    outcome = run_batch(records, encoder, index, config)
+    outcome = run_batch(records, encoder, index, config, verifier)
     for message in emit(outcome, topics or Topics()):
         publisher.send(message.topic, message.key, message.value)
     return outcome

@@ -1,4 +1,4 @@
-"""``python -m trainer {train,evaluate,score,export,default}``: the command line, and ``main``.
+"""``python -m trainer {train,evaluate,score,export,default,verifier}``: the command line, and ``main``.
 
 stdout carries results only (metrics, scores); logs and progress go to stderr. Exit status 2 for bad
 input (a missing or unreadable file, a refused model directory, a setting out of range), 1 for
@@ -107,6 +107,25 @@ def parser() -> argparse.ArgumentParser:
     )
     default.add_argument("--device", default="auto", choices=DEVICES)
     default.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    verifier = sub.add_parser(
+        "verifier",
+        help="train a verifier and ship a decision calibrated on a simulated repost stream into a model",
+    )
+    verifier.add_argument("--model", type=Path, default=Path("models/default"), help="model directory")
+    verifier.add_argument("--out", type=Path, help="where to write it (default: the model directory itself)")
+    verifier.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="pair files (default ../shared/data)"
+    )
+    verifier.add_argument(
+        "--budget-minutes", type=float, default=12.0, help="the verifier's training time (the rest: ~3 min)"
+    )
+    verifier.add_argument("--layers", type=int, default=6, help="encoder layers the verifier starts from")
+    verifier.add_argument("--target-precision", type=float, default=0.90)
+    verifier.add_argument("--max-share", type=float, default=0.3, help="most posts the verifier judges")
+    verifier.add_argument("--no-verifier", action="store_true", help="calibrate the decision only")
+    verifier.add_argument("--threads", type=int, help="torch CPU threads")
+    verifier.add_argument("--device", default="auto", choices=DEVICES)
     return root
 
 
@@ -136,6 +155,19 @@ def run(args: argparse.Namespace) -> None:
                 args.dev,
                 target_precision=args.target_precision,
                 dev_max_pairs=args.dev_max_pairs,
+                device=args.device,
+            )
+        case "verifier":
+            commands.run_verifier(
+                args.model,
+                args.out or args.model,
+                args.data_dir,
+                budget_s=args.budget_minutes * 60.0,
+                layers=args.layers,
+                target_precision=args.target_precision,
+                max_share=args.max_share,
+                with_verifier=not args.no_verifier,
+                threads=args.threads,
                 device=args.device,
             )
         case "default":

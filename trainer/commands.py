@@ -107,3 +107,28 @@ def run_score(model: Path, pairs_file: Path, *, device: str) -> None:
     good = [row for row in rows if row is not None]
     scores = iter(score_pairs(encoder.embed, [p.text_a for p in good], [p.text_b for p in good]).tolist())
     sys.stdout.write("".join("nan\n" if row is None else f"{next(scores):.6f}\n" for row in rows))
+
+
+def run_verifier(
+    model: Path,
+    out: Path,
+    data_dir: Path,
+    *,
+    budget_s: float,
+    layers: int,
+    target_precision: float,
+    max_share: float,
+    with_verifier: bool,
+    threads: int | None,
+    device: str,
+) -> None:
+    from trainer.ship import ShipRecipe, ship
+    from trainer.verifier import VerifierRecipe
+
+    recipe = ShipRecipe(
+        verifier=VerifierRecipe(layers=layers, budget_s=budget_s, threads=threads),
+        with_verifier=with_verifier,
+        target_precision=target_precision,
+        max_share=max_share,
+    )
+    ship(model, data_dir, out, recipe, device=device)

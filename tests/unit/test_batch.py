@@ -493,7 +493,16 @@ def test_result_counts_timings_and_payload() -> None:
         1,
         1,
     )
-    assert set(result.timings_ms) >= {"parse", "exact", "embed", "search", "decide", "upsert", "messages"}
+    assert set(result.timings_ms) >= {
+        "parse",
+        "exact",
+        "embed",
+        "search",
+        "verify",
+        "decide",
+        "upsert",
+        "messages",
+    }
     assert len(publisher.messages(DECISIONS)) == 3
     point = index.point("default", "m")
     assert point is not None
@@ -507,8 +516,11 @@ def test_result_counts_timings_and_payload() -> None:
         "flagged": False,
         "duplicate_of": None,
         "score": None,
+        "probability": None,
         "matches": [],
         "stage": None,
+        "decided_by": None,
+        "verifier_score": None,
         "model": "hash-trigram-v1",
         "source": {"topic": "documents", "partition": 0, "offset": 0},
     }

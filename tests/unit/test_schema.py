@@ -153,17 +153,22 @@ def test_dumps_is_sorted_compact_and_rounded() -> None:
         id="b",
         duplicate_of="a",
         score=0.91234567,
+        probability=None,
         threshold=0.85,
         matches=[Match(id="a", score=0.91234567), Match(id="c", score=-1e-9)],
         tenant="default",
         stage="batch",
+        decided_by="encoder",
+        verifier_score=None,
         model="m1",
         detected_at=timestamp_iso(0),
         source=Source(topic="documents", partition=0, offset=3),
     )
     data = dumps(flag)
     assert data == dumps(flag.model_copy())
-    assert data.startswith(b'{"detected_at":"1970-01-01T00:00:00.000Z","duplicate_of":"a","id":"b"')
+    assert data.startswith(
+        b'{"decided_by":"encoder","detected_at":"1970-01-01T00:00:00.000Z","duplicate_of":"a","id":"b"'
+    )
     assert b'"score":0.912346' in data
     assert b'{"id":"c","score":0.0}' in data
     assert b" " not in data

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -40,21 +41,38 @@ def clamp_score(cosine: float) -> float:
     return round_score(max(-1.0, min(1.0, cosine)))
 
 
+DecidedBy = Literal["exact", "encoder", "verifier"]
+"""Which stage's score decided: the exact hash, the encoder's cosine, or the verifier's pair score."""
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """The ranked candidates of one document and whether the best one is close enough."""
+    """The ranked candidates of one document and whether one of them is close enough.
+
+    ``chosen`` is the rank of the decisive candidate (the encoder's best, unless the verifier found a
+    lower-ranked one likelier); ``probability`` its calibrated P(duplicate), when the model is
+    calibrated; ``verifier_score`` the verifier's score for it, when the verifier judged it.
+    """
 
     matches: list[Candidate]  # top-k, best first
     flagged: bool
+    chosen: int = 0
+    decided_by: DecidedBy | None = None
+    probability: float | None = None
+    verifier_score: float | None = None
 
     @property
     def best(self) -> Candidate | None:
         return self.matches[0] if self.matches else None
 
     @property
+    def decisive(self) -> Candidate | None:
+        return self.matches[self.chosen] if self.matches else None
+
+    @property
     def duplicate_of(self) -> Candidate | None:
-        """The earlier document this one duplicates: the best candidate, when flagged."""
-        return self.best if self.flagged else None
+        """The earlier document this one duplicates: the decisive candidate, when flagged."""
+        return self.decisive if self.flagged else None
 
 
 def _rank_key(candidate: Candidate) -> tuple[float, OrderKey, str]:
@@ -156,13 +174,26 @@ def top_k(candidates: Iterable[Candidate], k: int) -> list[Candidate]:
 def decide(ranked: Sequence[Candidate], threshold: float) -> Verdict:
     """Flag when the best candidate's score ≥ threshold (both rounded to 6 decimals)."""
     flagged = bool(ranked) and ranked[0].score >= round_score(threshold)
-    return Verdict(matches=list(ranked), flagged=flagged)
+    by: DecidedBy | None = None if not ranked else "exact" if ranked[0].stage == "exact" else "encoder"
+    return Verdict(matches=list(ranked), flagged=flagged, decided_by=by)
 
 
 def encode_verdict(verdict: Verdict) -> str:
-    """A decision as stored with the document's point (compact JSON, candidates in rank order)."""
+    """A decision as stored with the document's point (compact JSON, candidates in rank order).
+
+    The keys a calibrated or verified decision adds are written only when set, so what an
+    uncalibrated model stores stays as it was."""
     rows = [[c.doc_id, c.score, c.order[0], c.order[1], c.stage] for c in verdict.matches]
-    return json.dumps({"flagged": verdict.flagged, "matches": rows}, separators=(",", ":"))
+    data: dict[str, object] = {"flagged": verdict.flagged, "matches": rows}
+    if verdict.chosen:
+        data["chosen"] = verdict.chosen
+    if verdict.decided_by is not None:
+        data["by"] = verdict.decided_by
+    if verdict.probability is not None:
+        data["p"] = verdict.probability
+    if verdict.verifier_score is not None:
+        data["v"] = verdict.verifier_score
+    return json.dumps(data, separators=(",", ":"))
 
 
 def decode_verdict(text: str | None) -> Verdict | None:
@@ -175,9 +206,18 @@ def decode_verdict(text: str | None) -> Verdict | None:
             Candidate(str(i), float(s), (int(ts), int(pos)), _STAGES[st])
             for i, s, ts, pos, st in data["matches"]
         ]
-        return Verdict(matches, bool(data["flagged"]))
+        by = data.get("by")
+        return Verdict(
+            matches,
+            bool(data["flagged"]),
+            chosen=int(data.get("chosen", 0)),
+            decided_by=None if by is None else _DECIDERS[by],
+            probability=None if data.get("p") is None else float(data["p"]),
+            verifier_score=None if data.get("v") is None else float(data["v"]),
+        )
     except (ValueError, KeyError, TypeError):
         return None
 
 
 _STAGES: dict[str, Stage] = {"exact": "exact", "batch": "batch", "index": "index"}
+_DECIDERS: dict[str, DecidedBy] = {"exact": "exact", "encoder": "encoder", "verifier": "verifier"}

@@ -30,7 +30,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from worker.core.decide import Verdict, round_score
+from worker.core.decide import DecidedBy, Verdict, round_score
 from worker.core.normalize import normalize
 from worker.core.ports import Stage
 from worker.core.records import Record
@@ -147,15 +147,25 @@ class Match(_Out):
 
 
 class DuplicateFlag(_Out):
-    """What a moderator audits: the post, the earlier post it repeats, how closely, and by which model."""
+    """What a moderator audits: the post, the earlier post it repeats, how closely, and by which model.
+
+    ``score`` is the cosine of the two posts' vectors; ``probability`` the model's calibrated P(duplicate)
+    for the pair (null for an uncalibrated model), which means the same across models; ``threshold`` the
+    decision point it passed (a probability when the model is calibrated, else a cosine).
+    ``decided_by`` names the stage that decided (``exact``, ``encoder`` or ``verifier``, whose own score
+    is ``verifier_score``); ``stage`` says where the match was found (``exact``, ``batch``, ``index``).
+    """
 
     id: str
     duplicate_of: str
     score: Score
+    probability: Score | None
     threshold: Score
     matches: list[Match]
     tenant: str
     stage: Stage
+    decided_by: DecidedBy
+    verifier_score: Score | None
     model: str
     detected_at: str
     source: Source
@@ -169,8 +179,11 @@ class Decision(_Out):
     flagged: bool
     duplicate_of: str | None
     score: Score | None
+    probability: Score | None
     matches: list[Match]
     stage: Stage | None
+    decided_by: DecidedBy | None
+    verifier_score: Score | None
     model: str
     source: Source
 
@@ -245,6 +258,14 @@ def source_of(record: Record) -> Source:
     return Source(topic=record.topic, partition=record.partition, offset=record.offset)
 
 
+def decided_by(verdict: Verdict) -> DecidedBy | None:
+    """Who decided; a decision stored before verdicts said so was the hash's or the encoder's."""
+    best = verdict.best
+    if verdict.decided_by is not None or best is None:
+        return verdict.decided_by
+    return "exact" if best.stage == "exact" else "encoder"
+
+
 def decision_message(record: Record, document: Document, verdict: Verdict, model: str) -> Decision:
     """The outcome for one document, flagged or not."""
     match, best = verdict.duplicate_of, verdict.best
@@ -254,8 +275,11 @@ def decision_message(record: Record, document: Document, verdict: Verdict, model
         flagged=verdict.flagged,
         duplicate_of=None if match is None else match.doc_id,
         score=None if best is None else best.score,
+        probability=verdict.probability,
         matches=[Match(id=c.doc_id, score=c.score) for c in verdict.matches],
         stage=None if match is None else match.stage,
+        decided_by=decided_by(verdict),
+        verifier_score=verdict.verifier_score,
         model=model,
         source=source_of(record),
     )
@@ -272,10 +296,13 @@ def flag_message(
         id=document.id,
         duplicate_of=match.doc_id,
         score=match.score,
+        probability=verdict.probability,
         threshold=threshold,
         matches=[Match(id=c.doc_id, score=c.score) for c in verdict.matches],
         tenant=document.tenant,
         stage=match.stage,
+        decided_by=decided_by(verdict) or "encoder",
+        verifier_score=verdict.verifier_score,
         model=model,
         detected_at=timestamp_iso(record.timestamp_ms),
         source=source_of(record),

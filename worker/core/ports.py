@@ -77,6 +77,7 @@ class IndexPoint:
     created_at: str | None = None
     decision: str | None = None
     opaque: bool = False  # the model knew none of its tokens: it matches by the exact path only
+    text: str | None = None  # the start of the post, kept only when a verifier needs to read it later
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,7 @@ class StoredVector:
     vector: np.ndarray
     decision: str | None = None
     opaque: bool = False
+    text: str | None = None
 
 
 # ------------------------------------------------------------------------------------- the model
@@ -122,6 +124,20 @@ class Encoder(Protocol):
         text only."""
 
     def health(self) -> bool: ...
+
+
+class Verifier(Protocol):
+    """A pair classifier: reads a post and an earlier one together and scores whether they are the same
+    post. Far better than a cosine at telling a reworded repost from a look-alike with one fact changed,
+    and far dearer, so the batch step asks it only about candidates in the encoder's uncertain band."""
+
+    @property
+    def version(self) -> str:
+        """The verifier's version from the manifest; stamped on flags it decided."""
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """float64 array (len(pairs),): a score per (later post, earlier post), higher is likelier a
+        duplicate; calibrated to a probability by the model's ``Policy``."""
 
 
 # ------------------------------------------------------------------------------------- the index

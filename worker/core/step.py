@@ -40,17 +40,11 @@ import numpy as np
 
 from worker.core.decide import (
     Verdict,
-    batch_candidates,
-    clamp_score,
-    cosine,
-    decide,
     decode_verdict,
     encode_verdict,
-    exact_in_batch,
-    similarities,
     visibility,
 )
-from worker.core.decide import top_k as merge_top_k
+from worker.core.matching import Doc, candidates, exact_path, first_versions, vector_of, verify
 from worker.core.messages import (
     DEFAULT_DEAD_LETTER_BYTES,
     DEFAULT_MAX_ID_CHARS,
@@ -64,7 +58,13 @@ from worker.core.messages import (
 from worker.core.normalize import text_hash
 from worker.core.outcome import BatchOutcome, DeadLettered, Decided, Deleted, RecordOutcome
 from worker.core.parse import TombstoneScope, parse_record
-from worker.core.ports import Candidate, Encoder, HashQuery, IndexPoint, Query, StoredVector, VectorIndex
+from worker.core.policy import Policy
+from worker.core.ports import (
+    Encoder,
+    IndexPoint,
+    VectorIndex,
+    Verifier,
+)
 from worker.core.records import OrderKey, Record, order_key
 
 
@@ -79,32 +79,12 @@ class StepConfig:
     max_dead_letter_bytes: int = DEFAULT_DEAD_LETTER_BYTES  # the dead-letter topic's limit, with the key
     max_id_chars: int = DEFAULT_MAX_ID_CHARS
     tombstones: TombstoneScope = "all_tenants"  # what a tombstone deletes (worker.core.parse)
-
-
-TIE_MARGIN = 2
-"""The index is asked for ``TIE_MARGIN * top_k`` neighbours, ranked here and cut to ``top_k``: equal
-scores (copies of one text share a vector) are then ranked by order key and id, not by whichever copies
-the index's own cut happened to keep, unless more than that many tie at the cut."""
-
-
-@dataclass(slots=True)
-class _Doc:
-    """A valid document on its way through the step."""
-
-    record: Record
-    document: Document
-    order: OrderKey
-    text_hash: str
-    deleted: bool = False  # a later deletion in this batch removes it
-    exact: Candidate | None = None
-    exact_in_batch: int | None = None  # position of the in-batch document it exactly repeats
-    vector: np.ndarray | None = None
-    opaque: bool = False  # the model knows none of its tokens: it matches by the exact path only
-    first: Verdict | None = None  # its first decision, stored with its point (a replay)
+    policy: Policy | None = None  # how to decide; None: flag when the best cosine ≥ ``threshold``
+    keep_text: int = 0  # characters of each post kept with its point, for a verifier to read later
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (self.document.tenant, self.document.id)
+    def decision(self) -> Policy:
+        return self.policy if self.policy is not None else Policy(self.threshold)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,18 +99,19 @@ def run_batch(
     encoder: Encoder,
     index: VectorIndex,
     config: StepConfig,
+    verifier: Verifier | None = None,
 ) -> BatchOutcome:
     """Decide every record of one poll and upsert the documents; return what to publish.
 
-    Per-record problems become dead letters; exceptions from the encoder or the index propagate
-    (process-level: the caller must not commit).
+    Per-record problems become dead letters; exceptions from the encoder, the verifier or the index
+    propagate (process-level: the caller must not commit).
     """
     result = BatchOutcome(records=len(records))
     timer = _Timer(result.timings_ms)
     with timer("parse"):
         parsed = _parse(records, config)
         docs = [
-            _Doc(p.record, p.item, p.order, text_hash(p.item.normalized_text))
+            Doc(p.record, p.item, p.order, text_hash(p.item.normalized_text))
             for p in parsed
             if isinstance(p.item, Document)
         ]
@@ -147,19 +128,26 @@ def run_batch(
             [d.document.id for d in docs],
             [d.deleted for d in docs],
         )
-        first_version = _first_versions(docs)
-        _exact(docs, visible, index, first_version)
+        first_version = first_versions(docs)
+        exact_path(docs, visible, index, first_version)
         result.exact = sum(d.exact is not None for d in docs)
     with timer("embed"):
         result.reused_vectors = _vectors(docs, encoder, index)
     with timer("search"):
-        ranked = _candidates(docs, visible, index, first_version, config.top_k)
+        ranked, texts = candidates(docs, visible, index, first_version, config.top_k)
+    policy = config.decision
+    with timer("verify"):
+        verified = verify(docs, ranked, texts, policy, verifier)
+        result.verified = sum(len(v) for v in verified)
     with timer("decide"):
-        verdicts = [decide(candidates, config.threshold) for candidates in ranked]
+        verdicts = [
+            policy.judge(doc.document.tenant, candidates, scores)
+            for doc, candidates, scores in zip(docs, ranked, verified, strict=True)
+        ]
         verdicts = [doc.first or verdict for doc, verdict in zip(docs, verdicts, strict=True)]
         result.flags = sum(v.flagged for v in verdicts)
     with timer("upsert"):  # before any send: no flag leaves before its decision is stored
-        points = _points(docs, verdicts, config.model_version)
+        points = _points(docs, verdicts, config.model_version, config.keep_text)
         if points:
             index.upsert(points)
     with timer("messages"):
@@ -195,7 +183,7 @@ def _parse(records: Sequence[Record], config: StepConfig) -> list[_Parsed]:
     ]
 
 
-def _mark_deleted(docs: list[_Doc], deletions: list[tuple[OrderKey, Deletion]]) -> None:
+def _mark_deleted(docs: list[Doc], deletions: list[tuple[OrderKey, Deletion]]) -> None:
     """A deletion removes every earlier document of the batch with its id (in its tenant, or in all)."""
     by_id: dict[str, list[tuple[OrderKey, str | None]]] = {}
     for order, deletion in deletions:
@@ -218,51 +206,7 @@ def _delete(index: VectorIndex, deletions: list[Deletion]) -> None:
         index.delete(tenant, by_tenant[tenant])
 
 
-def _first_versions(docs: list[_Doc]) -> dict[tuple[str, str], OrderKey]:
-    """Order key of each (tenant, id)'s first version in the batch.
-
-    An index point with that key is stale for every document after that order key: the batch's own
-    version supersedes it (and after a batch boundary the index would hold only that one).
-    """
-    first: dict[tuple[str, str], OrderKey] = {}
-    for doc in docs:
-        first.setdefault(doc.key, doc.order)
-    return first
-
-
-def _invisible(neighbour: Candidate, doc: _Doc, first_version: dict[tuple[str, str], OrderKey]) -> bool:
-    """Neighbours the document must not match: itself, later posts (the index should not return
-    those; checked again because the guarantee matters), and stale versions of ids in the batch."""
-    if neighbour.doc_id == doc.document.id or neighbour.order >= doc.order:
-        return True
-    batch_order = first_version.get((doc.document.tenant, neighbour.doc_id))
-    return batch_order is not None and batch_order < doc.order
-
-
-def _exact(
-    docs: list[_Doc], visible: np.ndarray, index: VectorIndex, first_version: dict[tuple[str, str], OrderKey]
-) -> None:
-    """Exact fast path: the earliest visible document with the same text hash, from the index or the batch."""
-    if not docs:
-        return
-    hits = index.find_hashes(
-        [HashQuery(d.document.tenant, d.text_hash, before=d.order, doc_id=d.document.id) for d in docs]
-    )
-    in_batch = exact_in_batch(
-        visible, [d.text_hash for d in docs], [d.order for d in docs], [d.document.id for d in docs]
-    )
-    for doc, hit, position in zip(docs, hits, in_batch, strict=True):
-        options: list[tuple[OrderKey, str, int | None]] = []
-        if hit is not None and not _invisible(hit, doc, first_version):
-            options.append((hit.order, hit.doc_id, None))
-        if position is not None:
-            options.append((docs[position].order, docs[position].document.id, position))
-        if options:
-            order, doc_id, doc.exact_in_batch = min(options, key=lambda o: (o[0], o[1]))
-            doc.exact = Candidate(doc_id, 1.0, order, "exact")
-
-
-def _vectors(docs: list[_Doc], encoder: Encoder, index: VectorIndex) -> int:
+def _vectors(docs: list[Doc], encoder: Encoder, index: VectorIndex) -> int:
     """Give every document a vector: stored (replay), the exact match's, or one ``embed`` call; and
     whether the model could read it (``Encoder.known``), from the same source.
 
@@ -272,7 +216,7 @@ def _vectors(docs: list[_Doc], encoder: Encoder, index: VectorIndex) -> int:
     wanted |= {(d.document.tenant, d.exact.doc_id) for d in docs if d.exact and d.exact_in_batch is None}
     stored = index.fetch(sorted(wanted)) if wanted else {}
     reused = 0
-    to_embed: list[_Doc] = []
+    to_embed: list[Doc] = []
     for doc in docs:
         own = stored.get(doc.key)
         match = stored.get((doc.document.tenant, doc.exact.doc_id)) if doc.exact else None
@@ -296,71 +240,8 @@ def _vectors(docs: list[_Doc], encoder: Encoder, index: VectorIndex) -> int:
     return reused
 
 
-def _candidates(
-    docs: list[_Doc],
-    visible: np.ndarray,
-    index: VectorIndex,
-    first_version: dict[tuple[str, str], OrderKey],
-    k: int,
-) -> list[list[Candidate]]:
-    """Per document, its ranked top-k: the exact match alone, or batch + index neighbours merged.
-
-    An opaque document (no token the model knows: its vector says nothing about it) neither searches
-    nor is found by similarity; it still repeats, and is repeated by, the same text exactly.
-    """
-    if not docs:
-        return []
-    matrix = np.stack([_vector(d) for d in docs])
-    sims = similarities(matrix)
-    opaque = np.array([d.opaque for d in docs], dtype=bool)
-    readable = visible & ~opaque[None, :] & ~opaque[:, None]
-    searched = [i for i, d in enumerate(docs) if d.exact is None and not d.opaque]
-    found = _index_candidates([docs[i] for i in searched], index, first_version, k)
-    from_index = dict(zip(searched, found, strict=True))
-    in_batch = batch_candidates(sims, readable, [d.order for d in docs], [d.document.id for d in docs], k)
-    return [
-        [doc.exact]
-        if doc.exact is not None
-        else merge_top_k(in_batch[i] + from_index.get(i, []), k)  # batch wins an id
-        for i, doc in enumerate(docs)
-    ]
-
-
-def _index_candidates(
-    docs: list[_Doc], index: VectorIndex, first_version: dict[tuple[str, str], OrderKey], k: int
-) -> list[list[Candidate]]:
-    """One batched search, then each neighbour rescored from its stored vector (see ``decide``)."""
-    if not docs or k <= 0:
-        return [[] for _ in docs]
-    queries = [Query(_vector(d), d.document.tenant, before=d.order, doc_id=d.document.id) for d in docs]
-    results = index.search(queries, k * TIE_MARGIN)
-    kept = [
-        [n for n in neighbours if not _invisible(n, doc, first_version)]
-        for doc, neighbours in zip(docs, results, strict=True)
-    ]
-    keys = sorted({(doc.document.tenant, n.doc_id) for doc, ns in zip(docs, kept, strict=True) for n in ns})
-    stored: dict[tuple[str, str], StoredVector] = index.fetch(keys) if keys else {}
-    found: list[list[Candidate]] = []
-    for doc, neighbours in zip(docs, kept, strict=True):
-        candidates = []
-        for n in neighbours:
-            vector = stored.get((doc.document.tenant, n.doc_id))
-            if vector is not None and vector.opaque:
-                continue  # its vector says nothing about it: only the exact path may match it
-            score = n.score if vector is None else cosine(_vector(doc), vector.vector)
-            candidates.append(Candidate(n.doc_id, clamp_score(score), n.order, "index"))
-        found.append(candidates)
-    return found
-
-
-def _vector(doc: _Doc) -> np.ndarray:
-    if doc.vector is None:  # _vectors gives every document one; this is a bug, not bad input
-        raise AssertionError(f"document at {doc.order} has no vector")
-    return doc.vector
-
-
 def _outcomes(
-    parsed: list[_Parsed], docs: list[_Doc], verdicts: list[Verdict], config: StepConfig
+    parsed: list[_Parsed], docs: list[Doc], verdicts: list[Verdict], config: StepConfig
 ) -> list[RecordOutcome]:
     """Each record's outcome with its typed messages, in order-key order."""
     decided = iter(zip(docs, verdicts, strict=True))  # docs were built from `parsed`, in its order
@@ -376,15 +257,16 @@ def _outcomes(
         else:
             doc, verdict = next(decided)
             decision = decision_message(p.record, doc.document, verdict, config.model_version)
-            flag = flag_message(p.record, doc.document, verdict, config.threshold, config.model_version)
+            threshold = config.decision.point(doc.document.tenant)
+            flag = flag_message(p.record, doc.document, verdict, threshold, config.model_version)
             out.append(Decided(p.record, decision, flag))
     return out
 
 
-def _points(docs: list[_Doc], verdicts: list[Verdict], model: str) -> list[IndexPoint]:
+def _points(docs: list[Doc], verdicts: list[Verdict], model: str, keep_text: int) -> list[IndexPoint]:
     """Every surviving document with its decision, one point per (tenant, id): the latest version by
     order key wins."""
-    latest: dict[tuple[str, str], _Doc] = {}
+    latest: dict[tuple[str, str], Doc] = {}
     decided: dict[int, Verdict] = {id(doc): verdict for doc, verdict in zip(docs, verdicts, strict=True)}
     for doc in docs:
         if not doc.deleted:
@@ -393,13 +275,14 @@ def _points(docs: list[_Doc], verdicts: list[Verdict], model: str) -> list[Index
         IndexPoint(
             doc_id=doc.document.id,
             tenant=doc.document.tenant,
-            vector=_vector(doc),
+            vector=vector_of(doc),
             text_hash=doc.text_hash,
             order=doc.order,
             model=model,
             created_at=None if doc.document.created_at is None else doc.document.created_at.isoformat(),
             decision=encode_verdict(decided[id(doc)]),
             opaque=doc.opaque,
+            text=doc.document.text[:keep_text] if keep_text else None,
         )
         for doc in sorted(latest.values(), key=lambda d: d.order)
     ]

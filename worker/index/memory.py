@@ -84,7 +84,7 @@ class MemoryIndex:
             p = self._points.get(point_id(tenant, doc_id))
             if p is not None:
                 found[(tenant, doc_id)] = StoredVector(
-                    p.doc_id, p.tenant, p.text_hash, p.vector.copy(), p.decision, p.opaque
+                    p.doc_id, p.tenant, p.text_hash, p.vector.copy(), p.decision, p.opaque, p.text
                 )
         return found
 

@@ -1,10 +1,12 @@
 """What both index backends share, written once: the payload, the filter, the ranking, the hash rule.
 
 Every point is one document of one tenant, under a deterministic id (``point_id``), with the payload
-``id, tenant, text_hash, created_at, model, ts, pos, decision, opaque``. Every search and lookup is bounded by
-one filter: ``tenant == T`` AND ``(ts < TS OR (ts == TS AND pos < POS))`` AND NOT ``has_id(own point
-id)``. The range conditions go through f64 in Qdrant, so both parts of an order key must lie in
-``[0, 2**53)``; ``check_key`` refuses keys outside it rather than let them compare wrongly.
+``id, tenant, text_hash, created_at, model, ts, pos, decision, opaque, text`` (``text``: the start of
+the post, kept only for a model with a verifier, which reads it when a later post comes close).
+Every search and lookup is bounded by one filter: ``tenant == T`` AND ``(ts < TS OR (ts == TS AND
+pos < POS))`` AND NOT ``has_id(own point id)``. The range conditions go through f64 in Qdrant, so
+both parts of an order key must lie in ``[0, 2**53)``; ``check_key`` refuses keys outside it rather
+than let them compare wrongly.
 
 Qdrant Edge (``qdrant_edge``) and qdrant-client spell filters in two dialects of the same model. The
 filter is written once here, over a ``FilterDialect`` each backend implements in a few lines; the
@@ -28,7 +30,7 @@ from worker.core.records import OrderKey
 _NAMESPACE = uuid.UUID("9a1d3c52-6f0e-4d8b-8e57-0c5a3f1b2d77")
 MAX_KEY = 2**53  # f64 range filters compare integers exactly below this
 RESULT_FIELDS = ["id", "ts", "pos"]
-STORED_FIELDS = ["id", "tenant", "text_hash", "decision", "opaque"]
+STORED_FIELDS = ["id", "tenant", "text_hash", "decision", "opaque", "text"]
 HASH_PROBE = 8  # first find_hashes stage: this many earliest points, to see every tie on ts
 MODEL_KEY = "twinflag_model_version"
 
@@ -68,6 +70,7 @@ def payload(point: IndexPoint) -> dict[str, Any]:
         "pos": point.order[1],
         "decision": point.decision,
         "opaque": point.opaque,
+        "text": point.text,
     }
 
 
@@ -104,6 +107,7 @@ def stored(row: Mapping[str, Any], vector: np.ndarray) -> StoredVector:
         vector,
         None if decision is None else str(decision),
         bool(row.get("opaque", False)),  # absent from points written before it was stored
+        None if row.get("text") is None else str(row["text"]),
     )
 
 

@@ -33,5 +33,17 @@ class ModelSettings(BaseModel):
         "keeps the least memory at about 10% less.",
     )
     threshold: float | None = Field(
-        default=None, gt=0, le=1, description="Decision threshold (cosine); unset: the model manifest's."
+        default=None,
+        gt=0,
+        le=1,
+        description="Decision threshold on the cosine; set, it decides alone (no calibration, no verifier). "
+        "Unset: the model's own decision (its calibrated decision point, or its threshold).",
+    )
+    tenant_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description='Decision points per tenant, as JSON (`{"forum-a": 0.8}`): a probability for a '
+        "calibrated model, a cosine otherwise (or with `threshold` set). Other tenants get the model's.",
+    )
+    verifier: bool = Field(
+        default=True, description="Run the model's verifier, if it has one, on candidates in its band."
     )

@@ -141,7 +141,8 @@ class TorchEncoder:
         if max_batch_tokens < 1 or max_batch_size < 1:
             raise ValueError("max_batch_tokens and max_batch_size must be positive")
         self.device = pick_device(device)
-        self.manifest, module, self.tokenizer = load_model_dir(Path(model_dir))
+        self.root = Path(model_dir)
+        self.manifest, module, self.tokenizer = load_model_dir(self.root)
         self.module = module.to(self.device).eval()
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size

@@ -106,6 +106,61 @@ class Thresholds(_Frozen):
     )
 
 
+class CalibrationKnots(_Frozen):
+    """A score → P(duplicate) map: increasing scores, non-decreasing probabilities (an isotonic fit)."""
+
+    scores: list[float] = Field(min_length=1)
+    probabilities: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _monotone(self) -> CalibrationKnots:
+        if len(self.scores) != len(self.probabilities):
+            raise ValueError("as many probabilities as scores")
+        if any(b < a for a, b in zip(self.scores, self.scores[1:], strict=False)):
+            raise ValueError("calibration scores must increase")
+        if any(not 0 <= p <= 1 for p in self.probabilities):
+            raise ValueError("probabilities lie in [0, 1]")
+        return self
+
+
+class StreamDecision(_Frozen):
+    """The shipped decision of a calibrated model: flag when P(duplicate) ≥ ``point``.
+
+    Chosen on a repost stream the trainer simulates (each post compared with every earlier one, the
+    best candidate deciding), for ``target_precision``; ``precision`` and ``recall`` were reached there.
+    """
+
+    point: float = Field(gt=0, le=1, description="Flag when the calibrated probability ≥ this.")
+    encoder: CalibrationKnots = Field(description="The encoder's cosine → P(duplicate).")
+    target_precision: float = Field(gt=0, le=1)
+    precision: float | None = None
+    recall: float | None = None
+    verifier_share: float | None = Field(default=None, description="Share of posts the verifier judged.")
+    calibrated_on: str = Field(description="What the stream was simulated from.")
+    posts: int = Field(ge=0, description="Posts in the simulated stream.")
+
+
+class VerifierSection(_Frozen):
+    """A verifier (pair classifier) in the directory: ``verifier.safetensors`` + ``verifier_config.json``."""
+
+    version: str = Field(description="verifier-<12 hex of sha256(verifier.safetensors)>.")
+    layers: int = Field(gt=0, le=MAX_LAYERS)
+    max_tokens: int = Field(gt=2, le=MAX_TOKENS, description="Tokens of a pair, both posts together.")
+    band: tuple[float, float] = Field(description="Encoder cosines [lo, hi) the verifier decides.")
+    calibration: CalibrationKnots = Field(description="The verifier's score → P(duplicate).")
+    verify_top: int = Field(default=2, ge=1, le=16, description="Candidates verified per post, at most.")
+    keep_text: int = Field(default=2000, ge=1, description="Characters of each post the index keeps for it.")
+    base_model: str | None = None
+    training: dict[str, JsonValue] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _band(self) -> VerifierSection:
+        if not -1 <= self.band[0] < self.band[1] <= 1.000001:
+            raise ValueError(f"band {self.band} is not a cosine range")
+        return self
+
+
 class DataFingerprint(_Frozen):
     """Which data a model saw: enough to tell two training sets apart without shipping them."""
 
@@ -136,6 +191,10 @@ class Manifest(_Frozen):
     dev_data: DataFingerprint | None = None
     dev_metrics: dict[str, float] = Field(default_factory=dict)
     training: dict[str, JsonValue] = Field(default_factory=dict, description="Recipe: loss, lr, steps...")
+    stream: StreamDecision | None = Field(
+        default=None, description="The calibrated decision; None: flag at ``thresholds.decision``."
+    )
+    verifier: VerifierSection | None = Field(default=None, description="A verifier for the uncertain band.")
     code_version: str = ""
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 

@@ -18,7 +18,15 @@ from pydantic import ValidationError
 from worker.core import logs
 from worker.service.settings import WorkerSettings, settings_markdown
 from worker.service.status import Readiness
-from worker.service.wiring import EXIT_CONFIG, EXIT_OK, build_index, load_model, run_worker, stop_on_signals
+from worker.service.wiring import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    build_index,
+    decision_of,
+    load_model,
+    run_worker,
+    stop_on_signals,
+)
 
 
 def load_settings() -> WorkerSettings:
@@ -37,9 +45,12 @@ def cmd_run(_args: argparse.Namespace) -> int:
     logs.configure(settings.log_level, settings.log_format)
     stop = stop_on_signals()
     encoder, threshold = load_model(settings)
+    decision = decision_of(settings, encoder)
     if settings.model.threshold is not None:
         threshold = settings.model.threshold
-    return run_worker(settings, encoder, threshold, stop, readiness=Readiness(model_loaded=True))
+    return run_worker(
+        settings, encoder, threshold, stop, readiness=Readiness(model_loaded=True), decision=decision
+    )
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -49,6 +60,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     settings = load_settings()
     logs.configure(settings.log_level, settings.log_format)
     encoder, threshold = load_model(settings, args.model)
+    decision = decision_of(settings, encoder, args.threshold)
     threshold = args.threshold if args.threshold is not None else threshold
     with ExitStack() as stack:
         path = (
@@ -66,8 +78,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
             top_k=settings.top_k,
             max_message_bytes=settings.max_message_bytes,
             progress=not args.quiet,
+            decision=decision,
         )
-    print(json.dumps({"threshold": threshold, **asdict(summary)}))
+    point = decision.policy.point("default")
+    print(json.dumps({"threshold": point, **asdict(summary)}))
     return EXIT_OK
 
 

@@ -21,7 +21,7 @@ import time
 from worker.core.emit import Topics, emit
 from worker.core.errors import Action, Backoff, BrokerUnavailableError, policy
 from worker.core.logs import get_logger
-from worker.core.ports import BatchPublisher, Encoder, RecordSource, VectorIndex
+from worker.core.ports import BatchPublisher, Encoder, RecordSource, VectorIndex, Verifier
 from worker.core.records import Record, first_offsets, next_offsets
 from worker.core.step import StepConfig, run_batch
 from worker.service.status import Metrics, Readiness
@@ -44,6 +44,7 @@ def run(
     readiness: Readiness | None = None,
     backoff: Backoff = Backoff(),
     flush_timeout_s: float = 30.0,
+    verifier: Verifier | None = None,
 ) -> int:
     """Process batches until ``stop`` is set (production), or ``max_messages`` records are committed or
     nothing arrived for ``idle_timeout_s`` (tests). Returns the number of records committed."""
@@ -66,7 +67,17 @@ def run(
                 if idle_timeout_s is not None and time.monotonic() - last_record >= idle_timeout_s:
                     break
                 continue
-            _batch(records, consumer, encoder, index, publisher, config, topics, metrics, flush_timeout_s)
+            _batch(
+                records,
+                consumer,
+                (encoder, verifier),
+                index,
+                publisher,
+                config,
+                topics,
+                metrics,
+                flush_timeout_s,
+            )
         except Exception as error:
             publisher.abort()
             if records:
@@ -95,7 +106,7 @@ def run(
 def _batch(
     batch: list[Record],
     consumer: RecordSource,
-    encoder: Encoder,
+    models: tuple[Encoder, Verifier | None],
     index: VectorIndex,
     publisher: BatchPublisher,
     config: StepConfig,
@@ -106,7 +117,8 @@ def _batch(
     """One batch, start to commit. Raises on any process-level problem, before the commit."""
     started = time.perf_counter()
     publisher.begin()
-    result = run_batch(batch, encoder, index, config)  # upserts before anything is sent
+    encoder, verifier = models
+    result = run_batch(batch, encoder, index, config, verifier)  # upserts before anything is sent
     publishing = time.perf_counter()
     for message in emit(result, topics):
         publisher.send(message.topic, message.key, message.value)
@@ -131,6 +143,7 @@ def _batch(
         dead_letters=result.dead_letters,
         deletions=result.deletions,
         reused_vectors=result.reused_vectors,
+        verified=result.verified,
         **timings,
         publish_ms=round((flushed - publishing) * 1000, 3),
         flush_ms=round((committing - flushed) * 1000, 3),

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from worker.core.logs import get_logger
 from worker.core.outcome import DeadLettered, Decided, RecordOutcome
+from worker.core.policy import DecisionPlan
 from worker.core.ports import Encoder, VectorIndex
 from worker.core.records import Record
 from worker.core.step import StepConfig, run_batch
@@ -78,6 +79,7 @@ def scan(
     *,
     max_message_bytes: int = 1_000_000,
     progress: bool = True,
+    decision: DecisionPlan | None = None,
 ) -> ScanSummary:
     """Decide every line of ``input_path`` against earlier lines (and the index); write ``output_path``.
 
@@ -85,15 +87,21 @@ def scan(
     """
     index.ensure(encoder.dim, encoder.version)
     config = StepConfig(
-        threshold=threshold, model_version=encoder.version, top_k=top_k, max_message_bytes=max_message_bytes
+        threshold=threshold,
+        model_version=encoder.version,
+        top_k=top_k,
+        max_message_bytes=max_message_bytes,
+        policy=None if decision is None else decision.policy,
+        keep_text=0 if decision is None else decision.keep_text,
     )
+    verifier = None if decision is None else decision.verifier
     summary = ScanSummary()
     with (
         output_path.open("w", encoding="utf-8") as sink,
         progress_bar(input_path, "scan", enabled=progress) as bar,
     ):
         for records, consumed in jsonl_records(input_path, SCAN_PARTITION, batch_size):
-            result = run_batch(records, encoder, index, config)
+            result = run_batch(records, encoder, index, config, verifier)
             index.maintain()
             by_line = {o.record.offset: o for o in result.outcomes}
             for record in records:

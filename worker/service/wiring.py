@@ -24,11 +24,13 @@ from worker.core.emit import Topics
 from worker.core.errors import Action, Backoff, FatalError, IndexMismatchError, policy
 from worker.core.logs import get_logger
 from worker.core.messages import DEFAULT_DEAD_LETTER_BYTES
+from worker.core.policy import Calibration, DecisionPlan, Policy
 from worker.core.ports import BatchPublisher, Encoder, RecordSource, VectorIndex
 from worker.core.step import StepConfig
 from worker.index.config import IndexSettings
 from worker.kafka.config import consumer_options, dead_letter_limit, ensure_topics, producer_options
 from worker.model.encode import TorchEncoder
+from worker.model.manifest import ModelFormatError
 from worker.service.loop import run as run_loop
 from worker.service.settings import WorkerSettings
 from worker.service.status import Metrics, Readiness, StatusServer
@@ -128,7 +130,6 @@ def load_model(settings: WorkerSettings, model_dir: Path | None = None) -> tuple
     """The encoder and the manifest's decision threshold. A missing, unsafe or unreadable model
     directory is a ``FatalError`` naming the path."""
     from worker.model.encode import limit_kernel_cache, load_encoder
-    from worker.model.manifest import ModelFormatError
 
     path = model_dir if model_dir is not None else settings.model.path
     model = settings.model
@@ -140,11 +141,47 @@ def load_model(settings: WorkerSettings, model_dir: Path | None = None) -> tuple
     return encoder, encoder.manifest.thresholds.decision
 
 
+def decision_of(
+    settings: WorkerSettings, encoder: TorchEncoder, threshold: float | None = None
+) -> DecisionPlan:
+    """The model's own decision (its calibration, its verifier), unless a threshold is forced (the
+    argument, else ``TWINFLAG_MODEL__THRESHOLD``): then the cosine decides alone."""
+    from worker.model.verify import TorchVerifier
+
+    model, manifest = settings.model, encoder.manifest
+    forced = threshold if threshold is not None else model.threshold
+    points = model.tenant_thresholds
+    if forced is not None or manifest.stream is None:
+        cosine = forced if forced is not None else manifest.thresholds.decision
+        return DecisionPlan(Policy(cosine, tenant_points=points))
+    stream, section = manifest.stream, manifest.verifier
+    calibration = Calibration(tuple(stream.encoder.scores), tuple(stream.encoder.probabilities))
+    if section is None or not model.verifier:
+        return DecisionPlan(Policy(manifest.thresholds.decision, calibration, stream.point, points))
+    try:
+        verifier = TorchVerifier(
+            encoder.root, section, encoder.tokenizer, manifest.pad_token_id, device=model.device
+        )
+    except (ModelFormatError, FileNotFoundError) as error:
+        raise FatalError(f"model directory refused: {error}") from error
+    policy = Policy(
+        manifest.thresholds.decision,
+        calibration,
+        stream.point,
+        points,
+        band=section.band,
+        verifier=Calibration(tuple(section.calibration.scores), tuple(section.calibration.probabilities)),
+        verify_top=section.verify_top,
+    )
+    return DecisionPlan(policy, verifier, section.keep_text)
+
+
 def step_config(
     settings: WorkerSettings,
     encoder: Encoder,
     threshold: float,
     dead_letter_bytes: int = DEFAULT_DEAD_LETTER_BYTES,
+    decision: DecisionPlan | None = None,
 ) -> StepConfig:
     return StepConfig(
         threshold=threshold,
@@ -153,6 +190,8 @@ def step_config(
         max_message_bytes=settings.max_message_bytes,
         max_dead_letter_bytes=dead_letter_bytes,
         tombstones=settings.tombstones,
+        policy=None if decision is None else decision.policy,
+        keep_text=0 if decision is None else decision.keep_text,
     )
 
 
@@ -263,6 +302,7 @@ def run_worker(
     *,
     readiness: Readiness | None = None,
     metrics: Metrics | None = None,
+    decision: DecisionPlan | None = None,
 ) -> int:
     """Everything after the model: start, the loop until stopped, a bounded close. Returns the exit code."""
     readiness = readiness if readiness is not None else Readiness(model_loaded=True)
@@ -295,8 +335,9 @@ def run_worker(
                 encoder,
                 index,
                 publisher,
-                step_config(settings, encoder, threshold, started.dead_letter_bytes),
+                step_config(settings, encoder, threshold, started.dead_letter_bytes, decision),
                 stop,
+                verifier=None if decision is None else decision.verifier,
                 topics=topics(settings),
                 metrics=metrics,
                 readiness=readiness,

@@ -1,0 +1,204 @@
+"""The decision a model ships, chosen where the worker will use it: on a stream of reposts.
+
+A Quora-calibrated threshold answers "are these two questions the same?"; the worker asks something
+else: "which, if any, of every earlier post is this one?", where the best of many neighbours decides.
+So the trainer simulates a stream from labelled pairs it kept out of training: each pair's first text
+is an original; later come its partner (a repost if the pair is labelled duplicate, a look-alike if
+not), often a spam-edited copy of the original (a repost), often a copy with one fact changed (a look-
+alike: ``trainer.facts``). Every post is compared with every earlier one, as the worker compares it.
+
+On that stream: the encoder's cosine and the verifier's score are calibrated to P(duplicate) (isotonic
+regression: ``Calibration``), the band where the verifier decides is chosen so that it judges at most
+``max_share`` of the posts, and the decision point is the lowest probability whose flags are at least
+``target_precision`` right. A flag is right when the post is a repost and names an earlier member of
+its own cluster.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.isotonic import IsotonicRegression
+
+from trainer.augment import spam_edit
+from trainer.data import Pair
+from trainer.facts import fact_change
+from worker.core.policy import Calibration, Policy
+from worker.core.ports import Candidate
+from worker.model.manifest import CalibrationKnots
+
+TOP = 2  # candidates per post the verifier may judge (the worker's ``verify_top``)
+
+
+@dataclass(frozen=True)
+class Post:
+    text: str
+    cluster: int
+
+
+@dataclass
+class Stream:
+    """Posts in arrival order and, per post, its earlier candidates (position, cosine), best first."""
+
+    posts: list[Post]
+    candidates: list[list[tuple[int, float]]]
+
+    def same(self, i: int, j: int) -> bool:
+        return self.posts[i].cluster == self.posts[j].cluster
+
+    def reposts(self) -> int:
+        """Posts with an earlier member of their cluster: what a perfect detector flags."""
+        seen: set[int] = set()
+        count = 0
+        for post in self.posts:
+            count += post.cluster in seen
+            seen.add(post.cluster)
+        return count
+
+
+def simulate(pairs: Sequence[Pair], limit: int, seed: int, names: Sequence[str] = ()) -> list[Post]:
+    """Posts made from up to ``limit`` labelled pairs, in arrival order (see the module docstring)."""
+    rng = random.Random(f"{seed}:stream")  # noqa: S311 - sampling, not secrets
+    clusters = itertools.count()
+    timed: list[tuple[float, Post]] = []
+    for pair in rng.sample(list(pairs), min(limit, len(pairs))):
+        original, start = next(clusters), rng.random()
+        timed.append((start, Post(pair.text_a, original)))
+        partner = original if pair.label == 1 else next(clusters)
+        timed.append((start + rng.random() * 0.3, Post(pair.text_b, partner)))
+        if rng.random() < 0.5:
+            timed.append((start + rng.random() * 0.3, Post(spam_edit(pair.text_a, rng), original)))
+        changed = fact_change(pair.text_a, rng, names) if rng.random() < 0.5 else None
+        if changed is not None:
+            timed.append((start + rng.random() * 0.3, Post(changed, next(clusters))))
+    timed.sort(key=lambda item: item[0])
+    return [post for _, post in timed]
+
+
+def compare(posts: Sequence[Post], vectors: np.ndarray, k: int = TOP) -> Stream:
+    """Each post against every earlier one: its ``k`` best by cosine."""
+    sims = np.asarray(vectors, dtype=np.float64) @ np.asarray(vectors, dtype=np.float64).T
+    candidates: list[list[tuple[int, float]]] = []
+    for i in range(len(posts)):
+        earlier = sims[i, :i]
+        best = np.argsort(-earlier, kind="stable")[:k]
+        candidates.append([(int(j), float(earlier[j])) for j in best])
+    return Stream(list(posts), candidates)
+
+
+def isotonic(scores: Sequence[float], labels: Sequence[int], knots: int = 64) -> Calibration:
+    """P(duplicate) as a non-decreasing function of the score, sampled at up to ``knots`` points."""
+    fit = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scores, labels)
+    xs = np.unique(np.round(np.quantile(np.asarray(scores, dtype=np.float64), np.linspace(0, 1, knots)), 6))
+    ys = np.maximum.accumulate(fit.predict(xs))
+    return Calibration(tuple(float(x) for x in xs), tuple(round(float(y), 6) for y in ys))
+
+
+def knots(calibration: Calibration) -> CalibrationKnots:
+    return CalibrationKnots(scores=list(calibration.scores), probabilities=list(calibration.probabilities))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    precision: float
+    recall: float
+    flags: int
+    verified_share: float
+
+
+def evaluate(
+    stream: Stream, policy: Policy, verified: dict[tuple[int, int], float]
+) -> tuple[list[float], list[bool], float]:
+    """Per post the decisive probability and whether its decisive candidate is right; and the share of
+    posts the verifier judged under ``policy`` (``verified``: its scores by (post, candidate))."""
+    probabilities: list[float] = []
+    right: list[bool] = []
+    judged = 0
+    for i, found in enumerate(stream.candidates):
+        ranked = [Candidate(str(j), round(score, 6), (0, j), "index") for j, score in found]
+        scores: dict[int, float] = {}
+        for rank in policy.to_verify(ranked):
+            key = (i, int(ranked[rank].doc_id))
+            if key in verified:
+                scores[rank] = verified[key]
+        judged += bool(scores)
+        verdict = policy.judge("default", ranked, scores)
+        decisive = verdict.decisive
+        probabilities.append(verdict.probability if verdict.probability is not None else 0.0)
+        right.append(decisive is not None and stream.same(i, int(decisive.doc_id)))
+    return probabilities, right, judged / max(len(stream.posts), 1)
+
+
+def decision_point(
+    probabilities: Sequence[float], right: Sequence[bool], reposts: int, target: float
+) -> tuple[float, Outcome]:
+    """The lowest probability whose flags are at least ``target`` right (the most recall), and what
+    it reaches; the most precise point when none reaches the target."""
+    order = np.argsort(-np.asarray(probabilities), kind="stable")
+    p = np.asarray(probabilities)[order]
+    hits = np.cumsum(np.asarray(right, dtype=np.float64)[order])
+    flags = np.arange(1, len(p) + 1, dtype=np.float64)
+    last_of_tie = np.r_[np.flatnonzero(np.diff(p)), len(p) - 1]
+    precision = hits[last_of_tie] / flags[last_of_tie]
+    recall = hits[last_of_tie] / max(reposts, 1)
+    ok = np.flatnonzero((precision >= target) & (p[last_of_tie] > 0))
+    pick = int(ok[np.argmax(recall[ok])]) if ok.size else int(np.argmax(precision))
+    point = float(p[last_of_tie][pick])
+    outcome = Outcome(float(precision[pick]), float(recall[pick]), int(flags[last_of_tie][pick]), 0.0)
+    return point, outcome
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """What the trainer ships: the policy's pieces, and what they reached on the stream."""
+
+    encoder: Calibration
+    point: float
+    outcome: Outcome
+    band: tuple[float, float] | None
+    verifier: Calibration | None
+
+
+def calibrate(
+    stream: Stream,
+    target: float,
+    score_pairs: Callable[[list[tuple[int, int]]], np.ndarray] | None = None,
+    max_share: float = 0.3,
+    floor: float = 0.5,
+) -> Calibrated:
+    """Calibrate the encoder (and the verifier, given ``score_pairs``), choose the band and the point."""
+    pairs = [(i, j, s) for i, found in enumerate(stream.candidates) for j, s in found]
+    encoder = isotonic([s for _, _, s in pairs], [int(stream.same(i, j)) for i, j, _ in pairs])
+    reposts = stream.reposts()
+    plain = Policy(0.0, encoder, 0.5)
+    probabilities, right, _ = evaluate(stream, plain, {})
+    point, outcome = decision_point(probabilities, right, reposts, target)
+    best = Calibrated(encoder, point, outcome, None, None)
+    if score_pairs is None:
+        return best
+    judged = [(i, j) for i, j, s in pairs if s >= floor]
+    raw = np.asarray(score_pairs(judged), dtype=np.float64) if judged else np.zeros(0)
+    verified = {key: float(v) for key, v in zip(judged, raw.tolist(), strict=True)}
+    verifier = isotonic(raw.tolist(), [int(stream.same(i, j)) for i, j in judged])
+    grid = [round(x, 2) for x in np.arange(floor, 1.0001, 0.02)]
+    for lo in grid:
+        for hi in (h for h in grid if h > lo):
+            policy = Policy(0.0, encoder, 0.5, band=(lo, hi + 1e-6), verifier=verifier, verify_top=TOP)
+            probabilities, right, share = evaluate(stream, policy, verified)
+            if share > max_share:
+                continue
+            p, found = decision_point(probabilities, right, reposts, target)
+            better = (found.precision >= target, found.recall, found.precision) > (
+                best.outcome.precision >= target,
+                best.outcome.recall,
+                best.outcome.precision,
+            )
+            if better:
+                best = Calibrated(
+                    encoder, p, Outcome(found.precision, found.recall, found.flags, share), (lo, hi), verifier
+                )
+    return best
