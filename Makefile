@@ -11,7 +11,7 @@ DATA_DIR ?= ../shared/data
 # Linux machine without a GPU (PyPI's Linux wheel is the CUDA build, about 3 GB with its libraries).
 TORCH_INDEX ?=
 
-.PHONY: venv demo test model bench lint clean
+.PHONY: venv demo test model verifier bench lint clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ test: venv
 
 model: venv
 	$(BIN)/python -m trainer default --data-dir $(DATA_DIR) --out models/default
+
+# After `make model`: a verifier and a decision calibrated on a simulated repost stream, into models/default.
+verifier: venv
+	$(BIN)/python -m trainer verifier --model models/default --data-dir $(DATA_DIR)
 
 bench: venv
 	$(BIN)/python -m bench

@@ -61,15 +61,22 @@ def scan_decisions(
 
 
 def scored_from_scan(decisions: Sequence[dict[str, Any]]) -> Scored:
+    """Each post's final score and the match it would flag: the calibrated probability and the
+    decisive match for a calibrated model (what its decision point cuts), else the best cosine."""
     rows: Scored = []
     for d in decisions:
         matches = d.get("matches") or []
-        best = matches[0] if matches else None
-        score = d.get("score")
-        rows.append(
-            (str(d["id"]), None if score is None else float(score), str(best["id"]) if best else None)
-        )
+        best = str(d["duplicate_of"]) if d.get("duplicate_of") else str(matches[0]["id"]) if matches else None
+        score = d.get("probability", d.get("score"))
+        rows.append((str(d["id"]), None if score is None else float(score), best))
     return rows
+
+
+def shipped_point(model: Path) -> float:
+    """The decision point the model ships: its calibrated one, else its cosine threshold."""
+    found = manifest(model)
+    stream = found.get("stream")
+    return float(stream["point"]) if stream else float(found["thresholds"]["decision"])
 
 
 def scored_minhash(posts: Sequence[dict[str, Any]]) -> Scored:
@@ -131,7 +138,7 @@ def evaluate_stream(
     posts, truth = read_jsonl(posts_path), read_jsonl(truth_path)
     methods: dict[str, Any] = {}
     for label, model in models.items():
-        shipped = float(manifest(model)["thresholds"]["decision"])
+        shipped = shipped_point(model)
         started = time.perf_counter()
         decisions = scan_decisions(model, posts_path, work / f"{name}-{label}.jsonl")
         elapsed = time.perf_counter() - started
@@ -150,6 +157,8 @@ def evaluate_stream(
                 for k, v in official.by_kind.items()
             },
             "scan_wall_s": elapsed,
+            "verified_share": sum(d.get("decided_by") == "verifier" for d in decisions)
+            / max(len(decisions), 1),
             "command": f"python -m worker scan --model {_rel(model)} --input {_rel(posts_path)} --output OUT",
             **sweep(rows, truth),
         }
@@ -216,6 +225,13 @@ def measure(
                 f"(P {b['precision']:.3f} R {b['recall']:.3f} @ {b['threshold']:.3f})",
                 flush=True,
             )
+            if s:
+                kinds = "  ".join(
+                    f"{kind} {v['correct'] if kind not in ('near_miss', 'cross_tenant') else v['flagged']}"
+                    f"/{v['total']}"
+                    for kind, v in m["by_kind"].items()
+                )
+                print(f"{'':<37}caught (near misses: flagged): {kinds}", flush=True)
     return results
 
 
@@ -256,9 +272,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--zero-shot", type=Path, default=None, help="zero-shot model directory")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument(
+        "--model", action="append", default=[], metavar="LABEL=DIR", help="models to compare (default: all)"
+    )
     args = parser.parse_args(argv)
+    chosen = dict(spec.split("=", 1) for spec in args.model)
+    models = {k: Path(v) for k, v in chosen.items()} if chosen else models_to_compare(args.zero_shot)
     with tempfile.TemporaryDirectory(prefix="twinflag-sq-") as tmp:
-        results = measure(args.n, args.seed, Path(tmp), models_to_compare(args.zero_shot))
+        results = measure(args.n, args.seed, Path(tmp), models)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))

@@ -36,7 +36,7 @@ from worker.model.encode import TorchEncoder, load_encoder
 from worker.service.scan import scan
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("parse", "delete", "exact", "embed", "search", "decide", "publish", "upsert")
+STAGES = ("parse", "delete", "exact", "embed", "search", "verify", "decide", "upsert", "messages", "publish")
 
 
 ZERO_SHOT = ROOT / "models" / "zero-shot"  # ``python -m bench --zero-shot DIR`` points this elsewhere
@@ -203,13 +203,19 @@ def run_rate(
     work: Path,
     timeout_s: float,
     batch: int = 256,
+    *,
+    group: str = "tp",
+    produced: bool = False,
+    extra_env: dict[str, str] | None = None,
 ) -> RunResult:
-    """Produce every post first, then start the worker and time first decision → last decision."""
+    """Produce every post first (unless ``produced``: an earlier run's group did), then start the worker
+    and time first decision → last decision."""
     from kafka import KafkaConsumer
 
-    group = "tp"
-    create_topics(bootstrap, ["documents", f"decisions-{group}", "duplicate-flags", "documents.dlq"])
-    produce(bootstrap, "documents", posts)
+    topics = [f"decisions-{group}"] if produced else ["documents", f"decisions-{group}"]
+    create_topics(bootstrap, [*topics, "duplicate-flags", "documents.dlq"] if not produced else topics)
+    if not produced:
+        produce(bootstrap, "documents", posts)
     consumer = KafkaConsumer(
         f"decisions-{group}",
         bootstrap_servers=bootstrap,
@@ -218,7 +224,7 @@ def run_rate(
         group_id=None,
     )
     seen: dict[str, float] = {}
-    batch_env = {"TWINFLAG_KAFKA__MAX_POLL_RECORDS": str(batch)}
+    batch_env = {"TWINFLAG_KAFKA__MAX_POLL_RECORDS": str(batch), **(extra_env or {})}
     with worker_process(bootstrap, model, work, group, extra_env=batch_env) as (process, log_path):
         deadline = time.monotonic() + timeout_s
         while len(seen) < len(posts) and time.monotonic() < deadline:

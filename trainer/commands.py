@@ -49,6 +49,33 @@ def run_export(
     )
 
 
+def final_scores(
+    encoder: TorchEncoder, text_a: list[str], text_b: list[str], device: str = "cpu"
+) -> NDArray[np.float64]:
+    """What the worker decides a pair on: the cosine, or, for a model with a calibrated decision, the
+    calibrated probability (the verifier's, for a cosine in its band)."""
+    from worker.core.policy import Calibration
+    from worker.model.verify import TorchVerifier
+
+    cosines = score_pairs(encoder.embed, text_a, text_b)
+    stream, section = encoder.manifest.stream, encoder.manifest.verifier
+    if stream is None:
+        return cosines
+    encoder_cal = Calibration(tuple(stream.encoder.scores), tuple(stream.encoder.probabilities))
+    out = np.array([encoder_cal(round(float(s), 6)) for s in cosines], dtype=np.float64)
+    if section is not None:
+        lo, hi = section.band
+        band = [i for i, s in enumerate(cosines.tolist()) if lo <= round(s, 6) < hi]
+        verifier = TorchVerifier(
+            encoder.root, section, encoder.tokenizer, encoder.manifest.pad_token_id, device=device
+        )
+        calibration = Calibration(tuple(section.calibration.scores), tuple(section.calibration.probabilities))
+        verified = verifier.score([(text_b[i], text_a[i]) for i in band])  # (later post, earlier post)
+        for i, score in zip(band, verified.tolist(), strict=True):
+            out[i] = calibration(score)
+    return out
+
+
 def _encoder_scores(
     model: Path, pairs_file: Path, device: str, max_pairs: int | None
 ) -> tuple[TorchEncoder, list[Pair], NDArray[np.float64]]:
@@ -57,7 +84,7 @@ def _encoder_scores(
     if report.bad_rows:
         log.warning("bad_rows_skipped", file=report.name, bad=dict(report.bad))
     pairs = sample_pairs(pairs, max_pairs)
-    scores = score_pairs(encoder.embed, [p.text_a for p in pairs], [p.text_b for p in pairs])
+    scores = final_scores(encoder, [p.text_a for p in pairs], [p.text_b for p in pairs], device)
     return encoder, pairs, scores
 
 
@@ -99,13 +126,14 @@ def run_evaluate(
 
 
 def run_score(model: Path, pairs_file: Path, *, device: str) -> None:
-    """One similarity per data row, in input order; ``nan`` for a row that cannot be read (logged)."""
+    """One score per data row, in input order (``final_scores``: the cosine, or the calibrated
+    probability of a model with a calibrated decision); ``nan`` for a row that cannot be read (logged)."""
     encoder = load_encoder(model, device)
     rows, report = read_rows(pairs_file, allow_empty=True)
     if report.bad_rows:
         log.warning("unreadable_rows_scored_nan", file=report.name, bad=dict(report.bad))
     good = [row for row in rows if row is not None]
-    scores = iter(score_pairs(encoder.embed, [p.text_a for p in good], [p.text_b for p in good]).tolist())
+    scores = iter(final_scores(encoder, [p.text_a for p in good], [p.text_b for p in good], device).tolist())
     sys.stdout.write("".join("nan\n" if row is None else f"{next(scores):.6f}\n" for row in rows))
 
 

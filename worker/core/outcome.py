@@ -52,7 +52,7 @@ class BatchOutcome:
     deletions: int = 0
     exact: int = 0
     reused_vectors: int = 0
-    verified: int = 0  # candidates the verifier judged
+    verified: int = 0  # documents the verifier judged (one or more of their candidates)
     timings_ms: dict[str, float] = field(default_factory=dict)
     outcomes: list[RecordOutcome] = field(default_factory=list)
 

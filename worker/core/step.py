@@ -138,7 +138,7 @@ def run_batch(
     policy = config.decision
     with timer("verify"):
         verified = verify(docs, ranked, texts, policy, verifier)
-        result.verified = sum(len(v) for v in verified)
+        result.verified = sum(bool(scores) for scores in verified)
     with timer("decide"):
         verdicts = [
             policy.judge(doc.document.tenant, candidates, scores)

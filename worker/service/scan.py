@@ -5,7 +5,8 @@ timestamp 0. Scans use partition 1, not 0, so their order keys ``(0, 1 << 40 | l
 bulk-loaded corpus document ``(0, line)`` and before every stream document: ``scan --index`` over a
 loaded corpus matches against all of it. Output: one JSON line per input line, in input order —
 ``{"line", "id", "duplicate_of", "score", "flagged", "matches", "stage"}`` for a document (``score`` is
-the best earlier match's, flagged or not), ``{"line", "error"}`` for a bad line, ``{"line", "deleted"}``
+the best earlier match's, flagged or not; with ``probability``, ``decided_by`` and ``verifier_score``
+when there are any), ``{"line", "error"}`` for a bad line, ``{"line", "deleted"}``
 for a deletion.
 """
 
@@ -129,6 +130,15 @@ def _line(line: int, outcome: RecordOutcome) -> str:
             "flagged": decision.flagged,
             "matches": [m.model_dump() for m in decision.matches],
             "stage": decision.stage,
+            **{
+                key: value
+                for key, value in (
+                    ("probability", decision.probability),
+                    ("decided_by", decision.decided_by),
+                    ("verifier_score", decision.verifier_score),
+                )
+                if value is not None
+            },
         }
     elif isinstance(outcome, DeadLettered):
         out = {"line": line, "error": outcome.letter.reason}
