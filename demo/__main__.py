@@ -95,10 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     posts = read_jsonl(args.posts)
     truth = read_jsonl(args.truth)
     texts = {str(p["id"]): str(p["text"]) for p in posts}
-    say(
-        f"· model {manifest['version']} (threshold {manifest['thresholds']['decision']:.3f}), "
-        f"{len(posts)} posts"
+    stream = manifest.get("stream")
+    setting = (
+        f"flags at P(duplicate) ≥ {stream['point']:.3f}"
+        + (", with a verifier" if manifest.get("verifier") else "")
+        if stream
+        else f"threshold {manifest['thresholds']['decision']:.3f}"
     )
+    say(f"· model {manifest['version']} ({setting}), {len(posts)} posts")
 
     from kafka import KafkaConsumer
     from kafka.admin import KafkaAdminClient, NewTopic
@@ -161,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                             dup = str(decision["duplicate_of"])
                             say(
                                 f"  FLAG {doc_id} ≈ {dup}  {float(decision['score']):.3f} "  # type: ignore[arg-type]
-                                f"[{decision.get('stage')}]  “{snippet(texts.get(doc_id, ''))}”  "
+                                f"[{decision.get('stage')}, {decision.get('decided_by')}]  "
+                                f"“{snippet(texts.get(doc_id, ''))}”  "
                                 f"≈ “{snippet(texts.get(dup, ''))}”"
                             )
         finally:

@@ -54,7 +54,7 @@ def final_scores(
 ) -> NDArray[np.float64]:
     """What the worker decides a pair on: the cosine, or, for a model with a calibrated decision, the
     calibrated probability (the verifier's, for a cosine in its band)."""
-    from worker.core.policy import Calibration
+    from worker.core.policy import Calibration, PairCalibration
     from worker.model.verify import TorchVerifier
 
     cosines = score_pairs(encoder.embed, text_a, text_b)
@@ -69,10 +69,10 @@ def final_scores(
         verifier = TorchVerifier(
             encoder.root, section, encoder.tokenizer, encoder.manifest.pad_token_id, device=device
         )
-        calibration = Calibration(tuple(section.calibration.scores), tuple(section.calibration.probabilities))
+        pair = PairCalibration(**section.calibration.model_dump())
         verified = verifier.score([(text_b[i], text_a[i]) for i in band])  # (later post, earlier post)
         for i, score in zip(band, verified.tolist(), strict=True):
-            out[i] = calibration(score)
+            out[i] = pair(round(float(cosines[i]), 6), score)
     return out
 
 

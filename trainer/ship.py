@@ -28,7 +28,7 @@ from trainer.verifier import VerifierRecipe, train_verifier, training_pairs
 from worker.core.logs import get_logger
 from worker.model.directory import load_model_dir, save_model_dir
 from worker.model.encode import embed_texts, pick_device
-from worker.model.manifest import CONFIG_FILE, Manifest, StreamDecision, VerifierSection
+from worker.model.manifest import CONFIG_FILE, Manifest, PairLogistic, StreamDecision, VerifierSection
 from worker.model.modules import TransformerEncoder
 from worker.model.tokenizer import pad_token_id
 from worker.model.verify import (
@@ -181,7 +181,9 @@ def write(
             layers=int(verifier.bert.config.num_hidden_layers),
             max_tokens=recipe.verifier.max_tokens,
             band=chosen.band,
-            calibration=knots(chosen.verifier),
+            calibration=PairLogistic(
+                cosine=chosen.verifier.cosine, score=chosen.verifier.score, bias=chosen.verifier.bias
+            ),
             base_model=manifest.base_model,
             training={**{k: v for k, v in asdict(recipe.verifier).items() if v is not None}, **counts},
             metrics=figures,

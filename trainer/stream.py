@@ -3,41 +3,47 @@
 A Quora-calibrated threshold answers "are these two questions the same?"; the worker asks something
 else: "which, if any, of every earlier post is this one?", where the best of many neighbours decides.
 So the trainer simulates a stream from labelled pairs it kept out of training: each pair's first text
-is an original; later come its partner (a repost if the pair is labelled duplicate, a look-alike if
-not), often a spam-edited copy of the original (a repost), often a copy with one fact changed (a look-
-alike: ``trainer.facts``). Every post is compared with every earlier one, as the worker compares it.
+is an original; later come its partner when the pair is labelled duplicate (a reworded repost) and
+sometimes when it is not (``OTHER_SHARE``: a related post), half the time a spam-edited copy of the
+original (a repost), and sometimes a copy with one fact changed (``FACT_SHARE``: a look-alike, from
+``trainer.facts``). Every post is compared with every earlier one, as the worker compares it.
 
-On that stream: the encoder's cosine and the verifier's score are calibrated to P(duplicate) (isotonic
-regression: ``Calibration``), the band where the verifier decides is chosen so that it judges at most
-``max_share`` of the posts, and the decision point is the lowest probability whose flags are at least
-``target_precision`` right. A flag is right when the post is a repost and names an earlier member of
-its own cluster.
+On that stream: the encoder's cosine is calibrated to P(duplicate) (isotonic regression:
+``Calibration``); the cosine and the verifier's score together by a logistic fit
+(``PairCalibration``: the cosine knows overall closeness, the verifier a changed fact). The band where
+the verifier decides is chosen so that it judges at most ``max_share`` of the posts, and the decision
+point is the lowest probability whose flags are at least ``target_precision`` right. A flag is right
+when the post is a repost and names an earlier member of its own cluster.
 """
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
 
 from trainer.augment import spam_edit
 from trainer.data import Pair
 from trainer.facts import fact_change
-from worker.core.policy import Calibration, Policy
+from worker.core.policy import Calibration, PairCalibration, Policy
 from worker.core.ports import Candidate
 from worker.model.manifest import CalibrationKnots
 
 TOP = 2  # candidates per post the verifier may judge (the worker's ``verify_top``)
+EDIT_SHARE = 0.5  # originals reposted with spam-style edits
+OTHER_SHARE = 0.3  # labelled non-duplicate partners posted: a related post, not a repost
+FACT_SHARE = 0.2  # originals followed by a look-alike with one fact changed
 
 
 @dataclass(frozen=True)
 class Post:
     text: str
     cluster: int
+    kind: str = "original"  # original, edit, partner (labelled duplicate), other (labelled not), fact
 
 
 @dataclass
@@ -61,22 +67,51 @@ class Stream:
 
 
 def simulate(pairs: Sequence[Pair], limit: int, seed: int, names: Sequence[str] = ()) -> list[Post]:
-    """Posts made from up to ``limit`` labelled pairs, in arrival order (see the module docstring)."""
+    """Posts made from up to ``limit`` labelled pairs, in arrival order (see the module docstring).
+
+    Clusters follow the texts: one text is one post's text wherever it appears (the same question sits
+    in several pairs), a duplicate pair joins its texts' clusters, a spam edit joins its original's.
+    """
     rng = random.Random(f"{seed}:stream")  # noqa: S311 - sampling, not secrets
-    clusters = itertools.count()
-    timed: list[tuple[float, Post]] = []
+    parent: dict[str, str] = {}
+
+    def find(text: str) -> str:
+        parent.setdefault(text, text)
+        while parent[text] != text:
+            parent[text] = parent[parent[text]]
+            text = parent[text]
+        return text
+
+    def join(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    timed: list[tuple[float, str, str]] = []
     for pair in rng.sample(list(pairs), min(limit, len(pairs))):
-        original, start = next(clusters), rng.random()
-        timed.append((start, Post(pair.text_a, original)))
-        partner = original if pair.label == 1 else next(clusters)
-        timed.append((start + rng.random() * 0.3, Post(pair.text_b, partner)))
-        if rng.random() < 0.5:
-            timed.append((start + rng.random() * 0.3, Post(spam_edit(pair.text_a, rng), original)))
-        changed = fact_change(pair.text_a, rng, names) if rng.random() < 0.5 else None
+        start = rng.random()
+        timed.append((start, pair.text_a, "original"))
+        if pair.label == 1 or rng.random() < OTHER_SHARE:
+            timed.append((start + rng.random() * 0.3, pair.text_b, "partner" if pair.label else "other"))
+        if pair.label == 1:
+            join(pair.text_a, pair.text_b)
+        if rng.random() < EDIT_SHARE:
+            edited = spam_edit(pair.text_a, rng)
+            timed.append((start + rng.random() * 0.3, edited, "edit"))
+            join(pair.text_a, edited)
+        changed = fact_change(pair.text_a, rng, names) if rng.random() < FACT_SHARE else None
         if changed is not None:
-            timed.append((start + rng.random() * 0.3, Post(changed, next(clusters))))
+            timed.append((start + rng.random() * 0.3, changed, "fact"))
     timed.sort(key=lambda item: item[0])
-    return [post for _, post in timed]
+    seen: set[str] = set()
+    clusters: dict[str, int] = {}
+    posts = []
+    for _, text, kind in timed:
+        if text in seen:  # a text posted again is an exact copy: the hash path's, not the model's
+            continue
+        seen.add(text)
+        posts.append(Post(text, clusters.setdefault(find(text), len(clusters)), kind))
+    return posts
 
 
 def compare(posts: Sequence[Post], vectors: np.ndarray, k: int = TOP) -> Stream:
@@ -96,6 +131,16 @@ def isotonic(scores: Sequence[float], labels: Sequence[int], knots: int = 64) ->
     xs = np.unique(np.round(np.quantile(np.asarray(scores, dtype=np.float64), np.linspace(0, 1, knots)), 6))
     ys = np.maximum.accumulate(fit.predict(xs))
     return Calibration(tuple(float(x) for x in xs), tuple(round(float(y), 6) for y in ys))
+
+
+def logistic(features: Sequence[tuple[float, float]], labels: Sequence[int]) -> PairCalibration:
+    """P(duplicate) from (cosine, verifier score): a lightly regularised logistic fit."""
+    if len(set(labels)) < 2:  # nothing to separate: the verifier's score says nothing here
+        rate = float(np.clip(np.mean(labels) if labels else 0.5, 1e-3, 1 - 1e-3))
+        return PairCalibration(0.0, 0.0, float(np.log(rate / (1 - rate))))
+    fit = LogisticRegression(C=10.0, max_iter=1000).fit(np.asarray(features, dtype=np.float64), labels)
+    (cosine, score), bias = fit.coef_[0], fit.intercept_[0]
+    return PairCalibration(round(float(cosine), 6), round(float(score), 6), round(float(bias), 6))
 
 
 def knots(calibration: Calibration) -> CalibrationKnots:
@@ -160,7 +205,7 @@ class Calibrated:
     point: float
     outcome: Outcome
     band: tuple[float, float] | None
-    verifier: Calibration | None
+    verifier: PairCalibration | None
 
 
 def calibrate(
@@ -183,7 +228,10 @@ def calibrate(
     judged = [(i, j) for i, j, s in pairs if s >= floor]
     raw = np.asarray(score_pairs(judged), dtype=np.float64) if judged else np.zeros(0)
     verified = {key: float(v) for key, v in zip(judged, raw.tolist(), strict=True)}
-    verifier = isotonic(raw.tolist(), [int(stream.same(i, j)) for i, j in judged])
+    cosines = {(i, j): s for i, j, s in pairs}
+    verifier = logistic(
+        [(cosines[key], v) for key, v in verified.items()], [int(stream.same(i, j)) for i, j in verified]
+    )
     grid = [round(x, 2) for x in np.arange(floor, 1.0001, 0.02)]
     for lo in grid:
         for hi in (h for h in grid if h > lo):

@@ -13,7 +13,7 @@ import pytest
 from tests.unit.test_model import TEXTS, tiny_sentence_transformer
 from trainer.data import Pair
 from trainer.facts import CHANGES, fact_change
-from trainer.stream import compare, decision_point, isotonic, simulate
+from trainer.stream import compare, decision_point, isotonic, logistic, simulate
 
 THINGS = ["bike", "sofa", "laptop", "guitar", "camera", "tent", "piano", "kettle", "drone", "desk"]
 PLACES = ["Leeds", "Paris", "Oslo", "Madrid", "Lisbon", "Berlin", "Tokyo", "Chicago"]
@@ -87,6 +87,18 @@ def test_an_isotonic_calibration_never_goes_down() -> None:
     assert values[0] < 0.3 < 0.7 < values[-1]
 
 
+def test_the_pair_calibration_learns_the_verifier_catches_what_the_cosine_misses() -> None:
+    rng = np.random.default_rng(0)
+    cosines = rng.uniform(0.7, 1.0, 600)
+    duplicate = rng.uniform(0, 1, 600) < 0.5
+    scores = np.where(duplicate, 2.0, -2.0) + rng.normal(0, 1.0, 600)  # the verifier knows, the cosine not
+    fit = logistic(list(zip(cosines.tolist(), scores.tolist(), strict=True)), duplicate.astype(int).tolist())
+    assert fit.score > 1.0
+    assert fit(0.9, -3.0) < 0.1 < 0.9 < fit(0.9, 3.0)
+    flat = logistic([(0.9, 1.0), (0.8, -1.0)], [1, 1])  # one class only: a constant, not an error
+    assert flat(0.1, -5.0) == flat(0.9, 5.0) > 0.9
+
+
 def write_pairs(path: Path, rows: list[Pair]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["text_a\ttext_b\tlabel"] + [f"{p.text_a}\t{p.text_b}\t{p.label}" for p in rows]
@@ -100,6 +112,7 @@ def test_a_shipped_verifier_is_loaded_and_run_by_the_worker(tmp_path: Path) -> N
     from trainer.stream import Calibrated, Outcome
     from trainer.verifier import VerifierRecipe, from_encoder
     from worker.core.emit import Topics
+    from worker.core.policy import PairCalibration
     from worker.model.directory import load_model_dir
     from worker.model.encode import TorchEncoder
     from worker.model.modules import TransformerEncoder
@@ -127,7 +140,7 @@ def test_a_shipped_verifier_is_loaded_and_run_by_the_worker(tmp_path: Path) -> N
         0.5,
         Outcome(1.0, 1.0, 1, 1.0),
         (-1.0, 1.0),
-        isotonic([-1.0, 1.0], [0, 1]),
+        PairCalibration(0.0, 1.0, 0.0),
     )
     verifier = from_encoder(module, 1)
     write(

@@ -2,11 +2,12 @@
 flag or not, with one calibrated probability a moderator can read. Pure (numpy only).
 
 Two kinds of model directory meet here. One without calibration decides as it always has: flag when
-the best cosine ≥ the threshold. One with calibration maps every score to P(duplicate), the cosine of
-an encoder match through the encoder's calibration and a verifier score through the verifier's, and
-flags when the best probability ≥ the decision point (a probability, chosen by the trainer on a
-simulated repost stream; a tenant may have its own). The verifier runs only on candidates whose
-cosine falls in ``band``: above it the encoder is sure enough, below it nothing is close.
+the best cosine ≥ the threshold. One with calibration maps every candidate to P(duplicate), through
+the encoder's calibration of its cosine or, in the band, through a fit of the cosine and the
+verifier's score together, and flags when the best probability ≥ the decision point (a probability,
+chosen by the trainer on a simulated repost stream; a tenant may have its own). The verifier runs
+only on candidates whose cosine falls in ``band``: above it the encoder is sure enough, below it
+nothing is close.
 """
 
 from __future__ import annotations
@@ -38,6 +39,23 @@ class Calibration:
 
 
 @dataclass(frozen=True, slots=True)
+class PairCalibration:
+    """P(duplicate) from the cosine and the verifier's score together: a logistic (Platt) fit.
+
+    Neither alone is best: the cosine knows how close the posts are overall, the verifier whether a
+    fact differs; on the trainer's repost stream the two together ranked pairs far better than either.
+    """
+
+    cosine: float
+    score: float
+    bias: float
+
+    def __call__(self, cosine: float, score: float) -> float:
+        z = self.cosine * cosine + self.score * score + self.bias
+        return float(1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0))))
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """How a document is decided from its ranked candidates.
 
@@ -45,7 +63,8 @@ class Policy:
     operator overrides it). ``encoder``: the encoder's calibration; when set, decisions are made on
     probabilities against ``decision_point``. ``tenant_points``: per-tenant decision points, in the
     same unit. ``band`` and ``verifier``: the cosine range ``[lo, hi)`` where the verifier decides, and
-    its calibration; ``verify_top`` candidates at most are verified per document.
+    the calibration of its score with the cosine; ``verify_top`` candidates at most are verified per
+    document.
     """
 
     threshold: float
@@ -53,7 +72,7 @@ class Policy:
     decision_point: float = 0.5
     tenant_points: Mapping[str, float] = field(default_factory=dict)
     band: tuple[float, float] | None = None
-    verifier: Calibration | None = None
+    verifier: PairCalibration | None = None
     verify_top: int = 2
 
     @property
@@ -92,7 +111,7 @@ class Policy:
         if self.encoder is None:
             return Verdict(matches, matches[0].score >= round_score(point), decided_by="encoder")
         probabilities = [
-            self.verifier(verified[rank])
+            self.verifier(candidate.score, verified[rank])
             if rank in verified and self.verifier is not None
             else self.encoder(candidate.score)
             for rank, candidate in enumerate(matches)

@@ -123,6 +123,14 @@ class CalibrationKnots(_Frozen):
         return self
 
 
+class PairLogistic(_Frozen):
+    """P(duplicate) = σ(cosine · ``cosine`` + verifier score · ``score`` + ``bias``)."""
+
+    cosine: float
+    score: float
+    bias: float
+
+
 class StreamDecision(_Frozen):
     """The shipped decision of a calibrated model: flag when P(duplicate) ≥ ``point``.
 
@@ -147,7 +155,7 @@ class VerifierSection(_Frozen):
     layers: int = Field(gt=0, le=MAX_LAYERS)
     max_tokens: int = Field(gt=2, le=MAX_TOKENS, description="Tokens of a pair, both posts together.")
     band: tuple[float, float] = Field(description="Encoder cosines [lo, hi) the verifier decides.")
-    calibration: CalibrationKnots = Field(description="The verifier's score → P(duplicate).")
+    calibration: PairLogistic = Field(description="The cosine and the verifier's score → P(duplicate).")
     verify_top: int = Field(default=2, ge=1, le=16, description="Candidates verified per post, at most.")
     keep_text: int = Field(default=2000, ge=1, description="Characters of each post the index keeps for it.")
     base_model: str | None = None

@@ -24,7 +24,7 @@ from worker.core.emit import Topics
 from worker.core.errors import Action, Backoff, FatalError, IndexMismatchError, policy
 from worker.core.logs import get_logger
 from worker.core.messages import DEFAULT_DEAD_LETTER_BYTES
-from worker.core.policy import Calibration, DecisionPlan, Policy
+from worker.core.policy import Calibration, DecisionPlan, PairCalibration, Policy
 from worker.core.ports import BatchPublisher, Encoder, RecordSource, VectorIndex
 from worker.core.step import StepConfig
 from worker.index.config import IndexSettings
@@ -170,7 +170,7 @@ def decision_of(
         stream.point,
         points,
         band=section.band,
-        verifier=Calibration(tuple(section.calibration.scores), tuple(section.calibration.probabilities)),
+        verifier=PairCalibration(**section.calibration.model_dump()),
         verify_top=section.verify_top,
     )
     return DecisionPlan(policy, verifier, section.keep_text)
