@@ -235,7 +235,8 @@ def calibrate(
     grid = [round(x, 2) for x in np.arange(floor, 1.0001, 0.02)]
     for lo in grid:
         for hi in (h for h in grid if h > lo):
-            policy = Policy(0.0, encoder, 0.5, band=(lo, hi + 1e-6), verifier=verifier, verify_top=TOP)
+            band = (lo, round(hi + 1e-6, 6))  # [lo, hi]: a cosine of exactly 1.0 is verified too
+            policy = Policy(0.0, encoder, 0.5, band=band, verifier=verifier, verify_top=TOP)
             probabilities, right, share = evaluate(stream, policy, verified)
             if share > max_share:
                 continue
@@ -247,6 +248,6 @@ def calibrate(
             )
             if better:
                 best = Calibrated(
-                    encoder, p, Outcome(found.precision, found.recall, found.flags, share), (lo, hi), verifier
+                    encoder, p, Outcome(found.precision, found.recall, found.flags, share), band, verifier
                 )
     return best

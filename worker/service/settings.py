@@ -10,6 +10,7 @@ where a client is built. ``settings_markdown()`` renders every setting for the R
 
 from __future__ import annotations
 
+import json
 import types
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -107,6 +108,8 @@ def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str, str]
             continue
         if field.is_required():
             default = "required"
+        elif field.default_factory is not None:
+            default = f"`{json.dumps(field.get_default(call_default_factory=True))}`"
         elif field.default is None:
             default = "—"
         else:
