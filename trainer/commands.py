@@ -54,25 +54,24 @@ def final_scores(
 ) -> NDArray[np.float64]:
     """What the worker decides a pair on: the cosine, or, for a model with a calibrated decision, the
     calibrated probability (the verifier's, for a cosine in its band)."""
-    from worker.core.policy import Calibration, PairCalibration
+    from worker.model.manifest import calibrated_policy
     from worker.model.verify import TorchVerifier
 
     cosines = score_pairs(encoder.embed, text_a, text_b)
-    stream, section = encoder.manifest.stream, encoder.manifest.verifier
-    if stream is None:
+    policy = calibrated_policy(encoder.manifest)
+    if policy is None or policy.encoder is None:
         return cosines
-    encoder_cal = Calibration(tuple(stream.encoder.scores), tuple(stream.encoder.probabilities))
-    out = np.array([encoder_cal(round(float(s), 6)) for s in cosines], dtype=np.float64)
-    if section is not None:
-        lo, hi = section.band
-        band = [i for i, s in enumerate(cosines.tolist()) if lo <= round(s, 6) < hi]
+    rounded = [round(float(s), 6) for s in cosines]
+    out = np.array([policy.encoder(s) for s in rounded], dtype=np.float64)
+    band = [i for i, s in enumerate(rounded) if policy.in_band(s)]
+    section = encoder.manifest.verifier
+    if section is not None and policy.verifier is not None:
         verifier = TorchVerifier(
             encoder.root, section, encoder.tokenizer, encoder.manifest.pad_token_id, device=device
         )
-        pair = PairCalibration(**section.calibration.model_dump())
         verified = verifier.score([(text_b[i], text_a[i]) for i in band])  # (later post, earlier post)
         for i, score in zip(band, verified.tolist(), strict=True):
-            out[i] = pair(round(float(cosines[i]), 6), score)
+            out[i] = policy.verifier(rounded[i], score)
     return out
 
 

@@ -35,9 +35,8 @@ from worker.model.verify import (
     VERIFIER_CONFIG,
     VERIFIER_WEIGHTS,
     PairClassifier,
-    encode_pairs,
-    pair_logits,
     pair_tokenizer,
+    verifier_scores,
     verifier_version,
 )
 
@@ -117,9 +116,10 @@ def ship(model_dir: Path, data_dir: Path, out: Path, recipe: ShipRecipe, *, devi
         model = verifier.to(target)
 
         def scorer(keys: list[tuple[int, int]]) -> np.ndarray:
-            encoded = encode_pairs(pairs_tok, [(posts[i].text, posts[j].text) for i, j in keys])
-            logits = pair_logits(model, encoded, pad_token_id=pad_token_id(tokenizer), device=target)
-            return logits.cpu().numpy().astype(np.float64)
+            texts = [(posts[i].text, posts[j].text) for i, j in keys]
+            return verifier_scores(
+                model, pairs_tok, texts, pad_token_id=pad_token_id(tokenizer), device=target
+            )
 
     chosen = calibrate(stream, recipe.target_precision, scorer, recipe.max_share)
     if verifier is not None:

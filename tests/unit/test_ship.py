@@ -169,3 +169,8 @@ def test_a_shipped_verifier_is_loaded_and_run_by_the_worker(tmp_path: Path) -> N
     assert later["decided_by"] == "verifier"
     assert later["verifier_score"] is not None
     assert 0.0 <= later["probability"] <= 1.0
+    # `trainer score` reports what the worker decided on: the same probability for the same pair.
+    from trainer.commands import final_scores
+
+    (score,) = final_scores(encoder, [TEXTS[0]], [TEXTS[1]])
+    assert score == pytest.approx(later["probability"], abs=1e-6)

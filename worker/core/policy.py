@@ -88,15 +88,19 @@ class Policy:
         default = self.decision_point if self.calibrated else self.threshold
         return self.tenant_points.get(tenant, default)
 
+    def in_band(self, cosine: float) -> bool:
+        """Whether the verifier decides a candidate of this cosine (never when the policy has none)."""
+        if not self.verifies or self.band is None:
+            return False
+        lo, hi = self.band
+        return lo <= cosine < hi
+
     def to_verify(self, ranked: Sequence[Candidate]) -> list[int]:
         """Ranks of the candidates the verifier should judge: within the band, among the first few."""
-        if not self.verifies or self.band is None:
-            return []
-        lo, hi = self.band
         return [
             rank
             for rank, candidate in enumerate(ranked[: self.verify_top])
-            if candidate.stage != "exact" and lo <= candidate.score < hi
+            if candidate.stage != "exact" and self.in_band(candidate.score)
         ]
 
     def judge(self, tenant: str, ranked: Sequence[Candidate], verified: Mapping[int, float]) -> Verdict:

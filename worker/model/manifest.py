@@ -18,12 +18,14 @@ settings command and the benches read manifests, only loading a module needs tor
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from worker.core.errors import TwinflagError
+from worker.core.policy import Calibration, PairCalibration, Policy
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -220,3 +222,26 @@ class Manifest(_Frozen):
         if self.architecture == "transformer" and self.hyperparameters.hidden_size != self.dim:
             raise ValueError(f"dim {self.dim} != hidden_size {self.hyperparameters.hidden_size}")
         return self
+
+
+def calibrated_policy(
+    manifest: Manifest, tenant_points: Mapping[str, float] | None = None, *, verify: bool = True
+) -> Policy | None:
+    """The decision a calibrated model ships (its ``stream`` and, with ``verify``, its ``verifier``
+    section) as the core's ``Policy``; None for a model without a calibrated decision."""
+    stream, section = manifest.stream, manifest.verifier
+    if stream is None:
+        return None
+    points = dict(tenant_points or {})
+    encoder = Calibration(tuple(stream.encoder.scores), tuple(stream.encoder.probabilities))
+    if section is None or not verify:
+        return Policy(manifest.thresholds.decision, encoder, stream.point, points)
+    return Policy(
+        manifest.thresholds.decision,
+        encoder,
+        stream.point,
+        points,
+        band=section.band,
+        verifier=PairCalibration(**section.calibration.model_dump()),
+        verify_top=section.verify_top,
+    )

@@ -22,7 +22,7 @@ from torch import nn
 
 from worker.model.encode import pick_device, token_batches
 from worker.model.manifest import ModelFormatError, VerifierSection
-from worker.model.modules import mean_pool
+from worker.model.modules import mean_pool, pad_batch
 
 if TYPE_CHECKING:
     from transformers import BertConfig
@@ -83,15 +83,8 @@ def pair_logits(
     context = torch.enable_grad() if grad else torch.inference_mode()
     with context:
         for batch in token_batches([len(ids) for ids, _ in encoded], max_batch_tokens, max_batch_size):
-            longest = max(len(encoded[i][0]) for i in batch)
-            ids = torch.full((len(batch), longest), pad_token_id, dtype=torch.long)
-            types = torch.zeros((len(batch), longest), dtype=torch.long)
-            mask = torch.zeros((len(batch), longest), dtype=torch.long)
-            for row, i in enumerate(batch):
-                tokens, type_ids = encoded[i]
-                ids[row, : len(tokens)] = torch.tensor(tokens)
-                types[row, : len(tokens)] = torch.tensor(type_ids)
-                mask[row, : len(tokens)] = 1
+            ids, mask = pad_batch([encoded[i][0] for i in batch], pad_token_id)
+            types, _ = pad_batch([encoded[i][1] for i in batch], 0)
             out.append(module(ids.to(device), mask.to(device), types.to(device)).float())
             order += batch
     if not out:
@@ -99,6 +92,22 @@ def pair_logits(
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     return torch.cat(out)[inverse.to(out[0].device)]
+
+
+def verifier_scores(
+    module: PairClassifier,
+    tokenizer: Tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    pad_token_id: int,
+    device: str,
+) -> np.ndarray:
+    """The logit of each (later post, earlier post) pair, float64, in order; ``tokenizer`` is a
+    ``pair_tokenizer``. The one scoring path of the worker and the trainer's calibration."""
+    if not pairs:
+        return np.zeros(0, dtype=np.float64)
+    logits = pair_logits(module, encode_pairs(tokenizer, pairs), pad_token_id=pad_token_id, device=device)
+    return logits.cpu().numpy().astype(np.float64)
 
 
 def verifier_version(weights: bytes) -> str:
@@ -144,12 +153,6 @@ class TorchVerifier:
         return self.section.version
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        if not pairs:
-            return np.zeros(0, dtype=np.float64)
-        logits = pair_logits(
-            self.module,
-            encode_pairs(self.tokenizer, pairs),
-            pad_token_id=self.pad_token_id,
-            device=self.device,
+        return verifier_scores(
+            self.module, self.tokenizer, pairs, pad_token_id=self.pad_token_id, device=self.device
         )
-        return logits.cpu().numpy().astype(np.float64)

@@ -24,13 +24,13 @@ from worker.core.emit import Topics
 from worker.core.errors import Action, Backoff, FatalError, IndexMismatchError, policy
 from worker.core.logs import get_logger
 from worker.core.messages import DEFAULT_DEAD_LETTER_BYTES
-from worker.core.policy import Calibration, DecisionPlan, PairCalibration, Policy
+from worker.core.policy import DecisionPlan, Policy
 from worker.core.ports import BatchPublisher, Encoder, RecordSource, VectorIndex
 from worker.core.step import StepConfig
 from worker.index.config import IndexSettings
 from worker.kafka.config import consumer_options, dead_letter_limit, ensure_topics, producer_options
 from worker.model.encode import TorchEncoder
-from worker.model.manifest import ModelFormatError
+from worker.model.manifest import ModelFormatError, calibrated_policy
 from worker.service.loop import run as run_loop
 from worker.service.settings import WorkerSettings
 from worker.service.status import Metrics, Readiness, StatusServer
@@ -151,28 +151,19 @@ def decision_of(
     model, manifest = settings.model, encoder.manifest
     forced = threshold if threshold is not None else model.threshold
     points = model.tenant_thresholds
-    if forced is not None or manifest.stream is None:
+    policy = None if forced is not None else calibrated_policy(manifest, points, verify=model.verifier)
+    if policy is None:
         cosine = forced if forced is not None else manifest.thresholds.decision
         return DecisionPlan(Policy(cosine, tenant_points=points))
-    stream, section = manifest.stream, manifest.verifier
-    calibration = Calibration(tuple(stream.encoder.scores), tuple(stream.encoder.probabilities))
-    if section is None or not model.verifier:
-        return DecisionPlan(Policy(manifest.thresholds.decision, calibration, stream.point, points))
+    section = manifest.verifier
+    if not policy.verifies or section is None:
+        return DecisionPlan(policy)
     try:
         verifier = TorchVerifier(
             encoder.root, section, encoder.tokenizer, manifest.pad_token_id, device=model.device
         )
     except (ModelFormatError, FileNotFoundError) as error:
         raise FatalError(f"model directory refused: {error}") from error
-    policy = Policy(
-        manifest.thresholds.decision,
-        calibration,
-        stream.point,
-        points,
-        band=section.band,
-        verifier=PairCalibration(**section.calibration.model_dump()),
-        verify_top=section.verify_top,
-    )
     return DecisionPlan(policy, verifier, section.keep_text)
 
 
