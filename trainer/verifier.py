@@ -151,7 +151,7 @@ def train_verifier(
     loss_fn = nn.BCEWithLogitsLoss()
     started, seen, loss_sum = time.monotonic(), 0, 0.0
     bar = tqdm(total=steps, disable=None if progress else True, file=sys.stderr, unit="step")
-    step = 0
+    done = 0  # steps taken: the loop may stop early at the budget
     for step in range(steps):
         elapsed = time.monotonic() - started
         fraction = max(step / max(steps, 1), elapsed / recipe.budget_s)
@@ -174,15 +174,16 @@ def train_verifier(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         seen += len(batch)
+        done += 1
         loss_sum += float(loss.detach())
         bar.update(1)
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
     bar.close()
     model.eval().cpu()
     figures = {
-        "steps": float(step),
+        "steps": float(done),
         "pairs_seen": float(seen),
-        "mean_loss": round(loss_sum / max(step, 1), 4),
+        "mean_loss": round(loss_sum / max(done, 1), 4),
         "train_s": round(time.monotonic() - started, 1),
     }
     log.info("verifier_trained", **figures)

@@ -174,3 +174,17 @@ def test_a_shipped_verifier_is_loaded_and_run_by_the_worker(tmp_path: Path) -> N
 
     (score,) = final_scores(encoder, [TEXTS[0]], [TEXTS[1]])
     assert score == pytest.approx(later["probability"], abs=1e-6)
+
+
+def test_the_verifier_reports_the_steps_it_took(tmp_path: Path) -> None:
+    from trainer.export import export_pretrained
+    from trainer.verifier import VerifierData, VerifierRecipe, train_verifier
+    from worker.model.directory import load_model_dir
+    from worker.model.modules import TransformerEncoder
+
+    export_pretrained(tiny_sentence_transformer(tmp_path / "st"), tmp_path / "model", device="cpu")
+    _, module, tokenizer = load_model_dir(tmp_path / "model")
+    assert isinstance(module, TransformerEncoder)
+    recipe = VerifierRecipe(layers=1, batch_size=4, budget_s=600, max_steps=3)
+    _, figures = train_verifier(module, tokenizer, VerifierData(pairs(40)), recipe, progress=False)
+    assert (figures["steps"], figures["pairs_seen"]) == (3, 12)
