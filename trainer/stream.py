@@ -225,12 +225,13 @@ def calibrate(
     best = Calibrated(encoder, point, outcome, None, None)
     if score_pairs is None:
         return best
-    judged = [(i, j) for i, j, s in pairs if s >= floor]
-    raw = np.asarray(score_pairs(judged), dtype=np.float64) if judged else np.zeros(0)
-    verified = {key: float(v) for key, v in zip(judged, raw.tolist(), strict=True)}
-    cosines = {(i, j): s for i, j, s in pairs}
+    judged = [(i, j, s) for i, j, s in pairs if s >= floor]
+    raw = score_pairs([(i, j) for i, j, _ in judged]) if judged else np.zeros(0)
+    scores = np.asarray(raw, dtype=np.float64).tolist()
+    verified = {(i, j): v for (i, j, _), v in zip(judged, scores, strict=True)}
     verifier = logistic(
-        [(cosines[key], v) for key, v in verified.items()], [int(stream.same(i, j)) for i, j in verified]
+        [(s, v) for (_, _, s), v in zip(judged, scores, strict=True)],
+        [int(stream.same(i, j)) for i, j, _ in judged],
     )
     grid = [round(x, 2) for x in np.arange(floor, 1.0001, 0.02)]
     for lo in grid:
