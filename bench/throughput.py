@@ -194,6 +194,7 @@ class RunResult:
     busy_docs_per_s: float  # documents / Σ batch total_ms from the worker's own log
     batches: int
     mean_ms: dict[str, float] = field(default_factory=dict)
+    verified: int = 0  # documents the verifier judged (the batch lines' ``verified``)
 
 
 def run_rate(
@@ -255,6 +256,7 @@ def run_rate(
         else float("nan"),
         batches=len(logs),
         mean_ms=mean_ms,
+        verified=sum(int(r.get("verified", 0)) for r in logs),
     )
 
 
