@@ -104,8 +104,43 @@ def run_batch(
     """Decide every record of one poll and upsert the documents; return what to publish.
 
     Per-record problems become dead letters; exceptions from the encoder, the verifier or the index
-    propagate (process-level: the caller must not commit).
+    propagate (process-level: the caller must not commit). The three phases below, in a row; the loop
+    runs ``embed_batch`` in a thread of its own, beside the previous batch's flush and commit.
     """
+    prepared = prepare_batch(records, index, config)
+    return finish_batch(prepared, embed_batch(prepared.texts, encoder), index, config, verifier)
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    """A batch between its two index phases: parsed, its deletions applied, its exact matches and
+    stored vectors found. ``texts`` are what is left to embed."""
+
+    result: BatchOutcome
+    parsed: list[_Parsed]
+    docs: list[Doc]
+    visible: np.ndarray
+    first_version: dict[tuple[str, str], OrderKey]
+    to_embed: list[Doc]
+
+    @property
+    def texts(self) -> list[str]:
+        return [d.document.text for d in self.to_embed]
+
+
+@dataclass(frozen=True, slots=True)
+class Embedded:
+    """What the encoder said about a prepared batch's texts, and how long it took."""
+
+    vectors: np.ndarray
+    known: list[bool]
+    ms: float
+
+
+def prepare_batch(records: Sequence[Record], index: VectorIndex, config: StepConfig) -> PreparedBatch:
+    """Parse, hash, delete, find exact matches and stored vectors: everything before the encoder.
+
+    Reads the index as the batches before left it, so the previous batch must be upserted first."""
     result = BatchOutcome(records=len(records))
     timer = _Timer(result.timings_ms)
     with timer("parse"):
@@ -131,8 +166,40 @@ def run_batch(
         first_version = first_versions(docs)
         exact_path(docs, visible, index, first_version)
         result.exact = sum(d.exact is not None for d in docs)
-    with timer("embed"):
-        result.reused_vectors = _vectors(docs, encoder, index)
+    with timer("fetch"):
+        result.reused_vectors, to_embed = _stored_vectors(docs, index)
+    return PreparedBatch(result, parsed, docs, visible, first_version, to_embed)
+
+
+def embed_batch(texts: Sequence[str], encoder: Encoder) -> Embedded:
+    """The encoder's part alone: it touches nothing else, so it may run in another thread."""
+    started = time.perf_counter()
+    if not texts:
+        return Embedded(np.zeros((0, encoder.dim), dtype=np.float32), [], 0.0)
+    vectors = np.asarray(encoder.embed(texts), dtype=np.float32)
+    if vectors.shape != (len(texts), encoder.dim):
+        raise ValueError(f"encoder returned {vectors.shape}, expected {(len(texts), encoder.dim)}")
+    known = list(encoder.known(texts))
+    return Embedded(vectors, known, round((time.perf_counter() - started) * 1000.0, 3))
+
+
+def finish_batch(
+    prepared: PreparedBatch,
+    embedded: Embedded,
+    index: VectorIndex,
+    config: StepConfig,
+    verifier: Verifier | None = None,
+) -> BatchOutcome:
+    """Search, verify, decide, upsert (before anything is sent) and build the outcome's messages."""
+    result, docs, visible, first_version = (
+        prepared.result,
+        prepared.docs,
+        prepared.visible,
+        prepared.first_version,
+    )
+    timer = _Timer(result.timings_ms)
+    result.timings_ms["embed"] = embedded.ms
+    _assign_vectors(docs, prepared.to_embed, embedded)
     with timer("search"):
         ranked, texts = candidates(docs, visible, index, first_version, config.top_k)
     policy = config.decision
@@ -151,7 +218,7 @@ def run_batch(
         if points:
             index.upsert(points)
     with timer("messages"):
-        result.outcomes = _outcomes(parsed, docs, verdicts, config)
+        result.outcomes = _outcomes(prepared.parsed, docs, verdicts, config)
     return result
 
 
@@ -206,12 +273,9 @@ def _delete(index: VectorIndex, deletions: list[Deletion]) -> None:
         index.delete(tenant, by_tenant[tenant])
 
 
-def _vectors(docs: list[Doc], encoder: Encoder, index: VectorIndex) -> int:
-    """Give every document a vector: stored (replay), the exact match's, or one ``embed`` call; and
-    whether the model could read it (``Encoder.known``), from the same source.
-
-    Returns how many stored vectors were reused.
-    """
+def _stored_vectors(docs: list[Doc], index: VectorIndex) -> tuple[int, list[Doc]]:
+    """Give documents their stored vector (a replay) or their exact match's from the index; return how
+    many stored vectors were reused and the documents left to embed."""
     wanted = {d.key for d in docs}
     wanted |= {(d.document.tenant, d.exact.doc_id) for d in docs if d.exact and d.exact_in_batch is None}
     stored = index.fetch(sorted(wanted)) if wanted else {}
@@ -227,17 +291,17 @@ def _vectors(docs: list[Doc], encoder: Encoder, index: VectorIndex) -> int:
             doc.vector, doc.opaque = match.vector, match.opaque
         elif doc.exact_in_batch is None:
             to_embed.append(doc)
-    if to_embed:
-        vectors = np.asarray(encoder.embed([d.document.text for d in to_embed]), dtype=np.float32)
-        if vectors.shape != (len(to_embed), encoder.dim):
-            raise ValueError(f"encoder returned {vectors.shape}, expected {(len(to_embed), encoder.dim)}")
-        known = encoder.known([d.document.text for d in to_embed])
-        for doc, vector, readable in zip(to_embed, vectors, known, strict=True):
-            doc.vector, doc.opaque = vector, not readable
+    return reused, to_embed
+
+
+def _assign_vectors(docs: list[Doc], to_embed: list[Doc], embedded: Embedded) -> None:
+    """The encoder's vectors, and whether the model could read each text (``Encoder.known``); then an
+    in-batch exact repeat takes the vector of the earlier document it repeats."""
+    for doc, vector, readable in zip(to_embed, embedded.vectors, embedded.known, strict=True):
+        doc.vector, doc.opaque = vector, not readable
     for doc in docs:  # in order: an in-batch exact match is earlier, so it already has its vector
         if doc.vector is None and doc.exact_in_batch is not None:
             doc.vector, doc.opaque = docs[doc.exact_in_batch].vector, docs[doc.exact_in_batch].opaque
-    return reused
 
 
 def _outcomes(
