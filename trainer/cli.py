@@ -1,4 +1,4 @@
-"""``python -m trainer {train,evaluate,score,export,default,verifier}``: the command line, and ``main``.
+"""``python -m trainer {train,evaluate,score,export,default,verifier,distill}``: the command line.
 
 stdout carries results only (metrics, scores); logs and progress go to stderr. Exit status 2 for bad
 input (a missing or unreadable file, a refused model directory, a setting out of range), 1 for
@@ -126,6 +126,26 @@ def parser() -> argparse.ArgumentParser:
     verifier.add_argument("--no-verifier", action="store_true", help="calibrate the decision only")
     verifier.add_argument("--threads", type=int, help="torch CPU threads")
     verifier.add_argument("--device", default="auto", choices=DEVICES)
+
+    distill = sub.add_parser(
+        "distill", help="a fast static encoder (numpy at run time) taught by a trained model directory"
+    )
+    distill.add_argument("--teacher", type=Path, default=Path("models/default"), help="model directory")
+    distill.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="pair files (default ../shared/data)"
+    )
+    distill.add_argument("--out", type=Path, default=Path("models/fast"))
+    distill.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=12.0,
+        help="wall-clock budget: a third for the teacher's vectors (cached in --cache), the rest training",
+    )
+    distill.add_argument("--dim", type=int, default=256, help="embedding width")
+    distill.add_argument("--teacher-texts", type=int, default=16_000, help="texts the teacher embeds")
+    distill.add_argument("--cache", type=Path, default=Path("runs/distill-cache"), help="teacher vectors")
+    distill.add_argument("--seed", type=int, default=0)
+    distill.add_argument("--no-progress", action="store_true", help="no progress bar")
     return root
 
 
@@ -170,6 +190,17 @@ def run(args: argparse.Namespace) -> None:
                 threads=args.threads,
                 device=args.device,
             )
+        case "distill":
+            from trainer.distill import distill, recipe_for_budget
+
+            recipe = recipe_for_budget(
+                args.budget_minutes * 60.0,
+                dim=args.dim,
+                teacher_texts=args.teacher_texts,
+                cache=args.cache,
+                seed=args.seed,
+            )
+            distill(args.teacher, args.data_dir, args.out, recipe, progress=not args.no_progress)
         case "default":
             commands.run_default(
                 args.data_dir,

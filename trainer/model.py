@@ -18,7 +18,7 @@ from trainer.batches import TrainingSet
 from trainer.settings import TrainSettings
 from trainer.vocab import train_wordpiece
 from worker.model.directory import load_model_dir
-from worker.model.manifest import CONFIG_FILE, BiLSTMParams, TransformerParams
+from worker.model.manifest import CONFIG_FILE, BiLSTMParams, ModelFormatError, StaticParams, TransformerParams
 from worker.model.modules import BiLSTMEncoder, TransformerEncoder
 from worker.model.pretrained import default_base_model, from_sentence_transformer
 from worker.model.tokenizer import configure_tokenizer, pad_token_id
@@ -73,13 +73,16 @@ def init_model(settings: TrainSettings, data: TrainingSet) -> Initial:
 
 def _from_model_dir(path: Path) -> Initial:
     manifest, module, tokenizer = load_model_dir(path)
+    params = manifest.hyperparameters
+    if isinstance(params, StaticParams):  # load_model_dir refuses these already: no torch module
+        raise ModelFormatError(f"{path}: a static model cannot be fine-tuned; distill a new one")
     extra: dict[str, str | bytes] = {}
     if manifest.architecture == "transformer":
         extra[CONFIG_FILE] = (path / CONFIG_FILE).read_text(encoding="utf-8")
     return Initial(
         module,
         tokenizer,
-        manifest.hyperparameters,
+        params,
         manifest.dim,
         manifest.max_tokens,
         manifest.version,

@@ -190,3 +190,27 @@ def test_an_unusable_copy_is_dropped_and_the_stream_goes_on(
     assert index.describe()["shard"] == "shard-0"
     assert index.count() == 30
     index.close()
+
+
+def test_searches_past_every_stored_point_drop_the_order_condition_and_others_keep_it(tmp_path: Path) -> None:
+    """The index remembers its latest order key (across a reopen); a query earlier than it, as in a
+    replay, still sees only earlier points."""
+    vector = np.zeros(4, dtype=np.float32)
+    vector[0] = 1.0
+    orders = {"a": (3, 0), "b": (5, 1), "c": (5, 7)}
+    index = EdgeIndex(tmp_path / "idx")
+    index.ensure(4, "m")
+    index.upsert([IndexPoint(doc, "t", vector, doc, order, "m") for doc, order in orders.items()])
+    index.close()
+    index = EdgeIndex(tmp_path / "idx")
+    index.ensure(4, "m")
+    try:
+        assert index._latest == (5, 7)  # the bound the filter is chosen by
+        replayed, fresh = index.search([Query(vector, "t", (5, 3), "x"), Query(vector, "t", (9, 0), "x")], 10)
+        assert sorted(c.doc_id for c in replayed) == ["a", "b"]
+        assert sorted(c.doc_id for c in fresh) == ["a", "b", "c"]
+        index.upsert([IndexPoint("d", "t", vector, "d", (9, 5), "m")])
+        (after,) = index.search([Query(vector, "t", (9, 1), "x")], 10)
+        assert sorted(c.doc_id for c in after) == ["a", "b", "c"]
+    finally:
+        index.close()

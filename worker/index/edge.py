@@ -35,12 +35,14 @@ import qdrant_edge as qe
 from worker.core.errors import IndexMismatchError
 from worker.core.logs import get_logger
 from worker.core.ports import Candidate, HashQuery, IndexPoint, Query, StoredVector
+from worker.core.records import OrderKey
 from worker.index import edge_optimize
 from worker.index.config import DEFAULT_OPTIMIZE_EVERY
 from worker.index.edge_optimize import OptimizeJob
 from worker.index.edge_store import FORMAT, OPTIMIZE_LOG, SIDECAR, IndexDirectory, open_shard
 from worker.index.payload import (
     HASH_PROBE,
+    MAX_KEY,
     RESULT_FIELDS,
     STORED_FIELDS,
     HashProbe,
@@ -129,6 +131,7 @@ class EdgeIndex:
         self._since_optimize = 0
         self._job: OptimizeJob | None = None
         self._journal: list[qe.UpdateOperation] = []
+        self._latest: OrderKey = (MAX_KEY, MAX_KEY)  # no point is later than this (known after ensure)
         self._log = get_logger("index", backend="edge")
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -160,6 +163,30 @@ class EdgeIndex:
             raise
         info = self._shard.info()
         self._since_optimize = info.points_count - info.indexed_vectors_count
+        self._latest = self._latest_stored()
+
+    def _latest_stored(self) -> OrderKey:
+        """The largest order key stored (``(0, 0)`` if none): a stream read in order searches past it,
+        and then needs no order-key condition. Deletions leave it where it was (an upper bound)."""
+        shard = self._open()
+
+        def last(field: str, where: qe.Filter | None) -> Mapping[str, Any] | None:
+            request = qe.QueryRequest(
+                limit=1,
+                query=qe.OrderBy(field, qe.Direction.Desc),
+                filter=where,
+                with_payload=RESULT_FIELDS,
+                with_vector=False,
+            )
+            rows = shard.query_batch(qe.QueryBatchRequest([request]))[0]
+            return rows[0].payload if rows else None
+
+        top = last("ts", None)
+        if top is None:
+            return (0, 0)
+        ts = int(top["ts"])
+        row = last("pos", qe.Filter(must=[_DIALECT.equals("ts", ts)]))
+        return (ts, int(row["pos"]) if row is not None else MAX_KEY)
 
     def flush(self) -> None:
         self._open().flush()
@@ -188,7 +215,9 @@ class EdgeIndex:
             qe.QueryRequest(
                 limit=k,
                 query=qe.Query.Nearest(as_vector(q.vector, dim)),
-                filter=earlier_filter(_DIALECT, q.tenant, q.before, q.doc_id),
+                filter=earlier_filter(
+                    _DIALECT, q.tenant, q.before, q.doc_id, all_earlier=q.before > self._latest
+                ),
                 params=params,
                 with_payload=RESULT_FIELDS,
                 with_vector=False,
@@ -207,7 +236,7 @@ class EdgeIndex:
                 limit=HASH_PROBE,
                 query=qe.OrderBy(probe.order_by, qe.Direction.Asc),
                 filter=earlier_filter(
-                    _DIALECT, probe.query.tenant, probe.query.before, probe.query.doc_id, **probe.equal()
+                    _DIALECT, probe.query.tenant, probe.query.before, probe.query.doc_id, probe.equal()
                 ),
                 with_payload=RESULT_FIELDS,
                 with_vector=False,
@@ -246,6 +275,7 @@ class EdgeIndex:
         self._open()
         dim = int(self._meta["dim"])
         batch = [qe.Point(point_id(p.tenant, p.doc_id), as_vector(p.vector, dim), payload(p)) for p in points]
+        self._latest = max(self._latest, *(p.order for p in points))
         self._apply(qe.UpdateOperation.upsert_points(batch))
         self._since_optimize += len(batch)
 

@@ -248,7 +248,7 @@ class QdrantIndex:
                     order_by=models.OrderBy(key=probe.order_by, direction=models.Direction.ASC)
                 ),
                 filter=earlier_filter(
-                    self._dialect, probe.query.tenant, probe.query.before, probe.query.doc_id, **probe.equal()
+                    self._dialect, probe.query.tenant, probe.query.before, probe.query.doc_id, probe.equal()
                 ),
                 limit=HASH_PROBE,
                 with_payload=RESULT_FIELDS,

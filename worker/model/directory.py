@@ -29,6 +29,7 @@ from worker.model.manifest import (
     BiLSTMParams,
     Manifest,
     ModelFormatError,
+    StaticParams,
     UnsafeModelError,
 )
 
@@ -100,6 +101,8 @@ def build_module(manifest: Manifest, root: Path) -> nn.Module:
     from worker.model.modules import BiLSTMEncoder, TransformerEncoder
 
     params = manifest.hyperparameters
+    if isinstance(params, StaticParams):
+        raise ModelFormatError(f"{root}: a static model has no torch module (worker.model.static loads it)")
     shapes = weight_shapes(required_file(root, WEIGHTS_FILE))
     if isinstance(params, BiLSTMParams):
         _expect_shape(root, shapes, "embedding.weight", (params.vocab_size, params.embedding_dim))

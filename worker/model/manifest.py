@@ -40,7 +40,7 @@ PICKLE_SUFFIXES = frozenset(
 # a name nobody thought of (``weights.model``) cannot slip through.
 ALLOWED_SUFFIXES = frozenset({".json", ".safetensors", ".md", ".png", ".txt"})
 
-Architecture = Literal["transformer", "bilstm"]
+Architecture = Literal["transformer", "bilstm", "static"]
 
 
 class ModelFormatError(TwinflagError):
@@ -88,6 +88,34 @@ class BiLSTMParams(_Frozen):
     hidden_size: int = Field(gt=0, le=MAX_WIDTH)
     num_layers: int = Field(default=1, gt=0, le=MAX_LAYERS)
     dropout: float = Field(default=0.0, ge=0, lt=1)
+
+
+class StaticParams(_Frozen):
+    """A static encoder (``worker.model.static``): one embedding table, no layers, run in numpy.
+
+    Rows ``[0, vocab_size)`` embed the tokenizer's WordPiece ids; rows ``[vocab_size, vocab_size +
+    buckets)`` embed hashed character n-grams (of each size in ``ngrams``) of the folded text.
+    """
+
+    kind: Literal["static"] = "static"
+    vocab_size: int = Field(gt=0, le=MAX_VOCAB)
+    buckets: int = Field(gt=0, le=MAX_VOCAB)
+    ngrams: tuple[int, ...] = Field(min_length=1, description="Character n-gram sizes hashed into buckets.")
+    embedding_dim: int = Field(gt=0, le=MAX_WIDTH)
+    lexical_dim: int = Field(
+        default=0, ge=0, description="The last columns, the n-gram rows' alone (0: one shared space)."
+    )
+    lexical_weight: float = Field(
+        default=0.0, ge=0, le=1, description="The lexical part's share of the cosine (with lexical_dim)."
+    )
+
+    @model_validator(mode="after")
+    def _sizes(self) -> StaticParams:
+        if any(not 1 <= n <= 8 for n in self.ngrams):
+            raise ValueError(f"n-gram sizes {self.ngrams} outside 1..8")
+        if self.lexical_dim >= self.embedding_dim:
+            raise ValueError(f"lexical_dim {self.lexical_dim} leaves no columns of {self.embedding_dim}")
+        return self
 
 
 class Thresholds(_Frozen):
@@ -187,7 +215,7 @@ class Manifest(_Frozen):
     format_version: Literal[1] = 1
     version: str = Field(default="", description="<architecture>-<12 hex of sha256(model.safetensors)>.")
     architecture: Architecture
-    hyperparameters: TransformerParams | BiLSTMParams = Field(discriminator="kind")
+    hyperparameters: TransformerParams | BiLSTMParams | StaticParams = Field(discriminator="kind")
     dim: int = Field(gt=0, le=MAX_WIDTH)
     max_tokens: int = Field(
         gt=0, le=MAX_TOKENS, description="Longer texts are truncated to this many tokens, not rejected."
@@ -219,8 +247,11 @@ class Manifest(_Frozen):
         vocab = self.hyperparameters.vocab_size
         if self.pad_token_id >= vocab:
             raise ValueError(f"pad_token_id {self.pad_token_id} is not in the vocabulary ({vocab})")
-        if self.architecture == "transformer" and self.hyperparameters.hidden_size != self.dim:
-            raise ValueError(f"dim {self.dim} != hidden_size {self.hyperparameters.hidden_size}")
+        if isinstance(self.hyperparameters, StaticParams) and self.hyperparameters.embedding_dim != self.dim:
+            raise ValueError(f"dim {self.dim} != embedding_dim {self.hyperparameters.embedding_dim}")
+        params = self.hyperparameters
+        if isinstance(params, TransformerParams) and params.hidden_size != self.dim:
+            raise ValueError(f"dim {self.dim} != hidden_size {params.hidden_size}")
         return self
 
 

@@ -31,6 +31,7 @@ from worker.index.config import IndexSettings
 from worker.kafka.config import consumer_options, dead_letter_limit, ensure_topics, producer_options
 from worker.model.encode import TorchEncoder
 from worker.model.manifest import ModelFormatError, calibrated_policy
+from worker.model.static import StaticEncoder
 from worker.service.loop import run as run_loop
 from worker.service.settings import WorkerSettings
 from worker.service.status import Metrics, Readiness, StatusServer
@@ -126,15 +127,23 @@ def build_index(index: IndexSettings, stack: ExitStack) -> VectorIndex:
     return server
 
 
-def load_model(settings: WorkerSettings, model_dir: Path | None = None) -> tuple[TorchEncoder, float]:
-    """The encoder and the manifest's decision threshold. A missing, unsafe or unreadable model
-    directory is a ``FatalError`` naming the path."""
+def load_model(
+    settings: WorkerSettings, model_dir: Path | None = None
+) -> tuple[TorchEncoder | StaticEncoder, float]:
+    """The encoder and the manifest's decision threshold: a ``StaticEncoder`` (numpy, no torch) for a
+    manifest whose architecture is ``static``, else a ``TorchEncoder``. A missing, unsafe or unreadable
+    model directory is a ``FatalError`` naming the path."""
+    from worker.model.directory import read_manifest
     from worker.model.encode import limit_kernel_cache, load_encoder
+    from worker.model.static import load_static
 
     path = model_dir if model_dir is not None else settings.model.path
     model = settings.model
-    limit_kernel_cache(model.cpu_kernel_cache)
     try:
+        if read_manifest(Path(path)).architecture == "static":
+            static = load_static(path)
+            return static, static.manifest.thresholds.decision
+        limit_kernel_cache(model.cpu_kernel_cache)
         encoder = load_encoder(path, model.device, model.max_batch_tokens, model.max_batch_size)
     except (ModelFormatError, FileNotFoundError) as error:  # UnsafeModelError is a ModelFormatError
         raise FatalError(f"model directory refused: {error}") from error
@@ -142,7 +151,7 @@ def load_model(settings: WorkerSettings, model_dir: Path | None = None) -> tuple
 
 
 def decision_of(
-    settings: WorkerSettings, encoder: TorchEncoder, threshold: float | None = None
+    settings: WorkerSettings, encoder: TorchEncoder | StaticEncoder, threshold: float | None = None
 ) -> DecisionPlan:
     """The model's own decision (its calibration, its verifier), unless a threshold is forced (the
     argument, else ``TWINFLAG_MODEL__THRESHOLD``): then the cosine decides alone."""

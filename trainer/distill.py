@@ -1,0 +1,534 @@
+"""``python -m trainer distill``: a fast static encoder (``worker.model.static``) taught by a transformer.
+
+1. The data plan of the default recipe (``trainer.recipes.default_settings``, ``trainer.splits``): the
+   same training pairs, selection slices and dev half, so the fast model is judged on what neither
+   model trained on.
+2. The teacher embeds a sample of the training texts and every WordPiece token of its vocabulary, within
+   a time budget, into a cache under ``runs/`` (reused by the next run with the same teacher).
+3. Targets live in the teacher's top principal directions (uncentred SVD to ``dim``), where cosines
+   keep the teacher's ranking; the WordPiece rows start from the teacher's vector of each token alone
+   (model2vec's distillation) weighted by SIF (a/(a + p(token))), the n-gram rows near zero.
+4. Training (``nn.EmbeddingBag`` over the same features the worker computes, SparseAdam): per step a
+   distillation batch (cosine to the teacher's vector and the batch's teacher similarity matrix, the
+   text or a spam edit of it: an edit must land where its original does), a CoSENT batch of labelled
+   pairs and an in-batch ranking batch of duplicates. The table with the best mean AP on the selection
+   sets is kept.
+5. Calibration as the trainer's: the cosine threshold on the dev half (``trainer.evaluate.calibrate``)
+   and the shipped decision on a simulated repost stream (``trainer.stream``, as ``python -m trainer
+   verifier --no-verifier`` does for the transformer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import NDArray
+from tqdm import tqdm
+
+from trainer.augment import spam_edit
+from trainer.card import code_version
+from trainer.data import Pair
+from trainer.evaluate import average_precision, calibrate, score_pairs
+from trainer.facts import proper_names
+from trainer.recipes import default_settings
+from trainer.ship import calibration_pairs
+from trainer.splits import DataPlan, plan_data
+from trainer.stream import calibrate as stream_calibrate
+from trainer.stream import compare, knots, simulate
+from trainer.verifier import VerifierRecipe
+from worker.core.logs import get_logger
+from worker.model.manifest import Manifest, StaticParams, StreamDecision
+from worker.model.static import TABLE, StaticEncoder, features, plain_normalizer
+from worker.model.tokenizer import pad_token_id
+
+if TYPE_CHECKING:
+    import torch
+    from tokenizers import Tokenizer
+
+log = get_logger("trainer.distill")
+
+
+@dataclass(frozen=True)
+class DistillRecipe:
+    """Sizes, budgets and loss weights of ``distill`` (defaults: ~12 min on 2 CPU cores)."""
+
+    semantic_dim: int = 192  # the WordPiece rows' columns: the teacher's top principal directions
+    lexical_dim: int = 128  # the n-gram rows' columns
+    lexical_weights: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5)  # chosen on the selection sets
+    train_lexical_weight: float = 0.3
+    buckets: int = 1 << 16
+    ngrams: tuple[int, ...] = (3, 5)
+    max_tokens: int = 256
+    teacher_texts: int = 16_000
+    budget_s: float = 720.0
+    teacher_budget_s: float = 240.0
+    reserve_s: float = 100.0  # kept for calibration and writing the directory after training
+    batch_size: int = 128
+    pair_batch_size: int = 64
+    lr: float = 1e-3
+    distill_weight: float = 1.0
+    relation_weight: float = 1.0
+    pair_weight: float = 1.0
+    mnr_weight: float = 0.5
+    edit_share: float = 0.5
+    scale: float = 20.0
+    eval_every: int = 200
+    select_pairs: int = 1000
+    target_precision: float = 0.95
+    stream_precision: float = 0.90
+    stream_pairs: int = 1500
+    seed: int = 0
+    cache: Path = Path("runs/distill-cache")
+
+
+def recipe_for_budget(budget_s: float, **overrides: object) -> DistillRecipe:
+    """The default recipe within ``budget_s`` of wall clock: a third at most for the teacher's vectors
+    (a cached run spends almost none of it), the rest training, less the calibration's reserve."""
+    fields: dict[str, object] = {"budget_s": budget_s, "teacher_budget_s": budget_s / 3, **overrides}
+    return DistillRecipe(**fields)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# The teacher's vectors, cached
+
+
+def _key(teacher_version: str, kind: str) -> str:
+    return f"{teacher_version}-{kind}"
+
+
+def teacher_vectors(
+    embed: Callable[[Sequence[str]], np.ndarray],
+    texts: Sequence[str],
+    cache: Path,
+    key: str,
+    budget_s: float,
+    *,
+    progress: bool,
+    chunk: int = 256,
+) -> tuple[list[str], NDArray[np.float32]]:
+    """(texts embedded, their vectors): the cache's first, then new ones until the budget runs out."""
+    cache.mkdir(parents=True, exist_ok=True)
+    text_file, vector_file = cache / f"{key}.json", cache / f"{key}.f16"
+    done: list[str] = json.loads(text_file.read_text()) if text_file.is_file() else []
+    stored = np.fromfile(vector_file, dtype=np.float16) if vector_file.is_file() else np.zeros(0, np.float16)
+    vectors = [stored.reshape(len(done), -1).astype(np.float32)] if done else []
+    have = set(done)
+    todo = [t for t in dict.fromkeys(texts) if t not in have]
+    started = time.monotonic()
+    with tqdm(total=len(todo), desc=f"teacher {key.rsplit('-', 1)[-1]}", disable=not progress) as bar:
+        for first in range(0, len(todo), chunk):
+            if time.monotonic() - started > budget_s:
+                log.info("teacher_budget_spent", embedded=first, wanted=len(todo))
+                break
+            part = todo[first : first + chunk]
+            vectors.append(np.asarray(embed(part), dtype=np.float32))
+            done += part
+            bar.update(len(part))
+    table = np.concatenate(vectors) if vectors else np.zeros((0, 1), np.float32)
+    text_file.write_text(json.dumps(done))
+    table.astype(np.float16).tofile(vector_file)
+    wanted = set(texts)
+    keep = [i for i, t in enumerate(done) if t in wanted]
+    return [done[i] for i in keep], table[keep]
+
+
+def principal_axes(vectors: NDArray[np.float32], dim: int) -> NDArray[np.float32]:
+    """(teacher dim, dim): the top right-singular vectors of the unit rows (no centring: cosines)."""
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
+    _, _, vt = np.linalg.svd(unit[: min(len(unit), 20_000)].astype(np.float64), full_matrices=False)
+    return np.ascontiguousarray(vt[:dim].T.astype(np.float32))
+
+
+def unit(x: NDArray[np.float32]) -> NDArray[np.float32]:
+    out: NDArray[np.float32] = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The student
+
+Bags = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor"]
+
+
+def _bags(tokenizer: Tokenizer, params: StaticParams, max_tokens: int) -> Callable[[Sequence[str]], Bags]:
+    """Texts → (WordPiece rows, offsets, n-gram rows, offsets) for two ``nn.EmbeddingBag``s, from the
+    worker's own ``features``."""
+    import torch
+
+    def bags(texts: Sequence[str]) -> Bags:
+        rows, offsets = features(texts, tokenizer, params, max_tokens)
+        owner = np.repeat(np.arange(len(texts)), np.diff(offsets))
+        word = rows < params.vocab_size
+        starts = []
+        for mask in (word, ~word):
+            counts = np.bincount(owner[mask], minlength=len(texts))
+            starts.append(np.r_[0, np.cumsum(counts)[:-1]])
+        return (
+            torch.from_numpy(rows[word]),
+            torch.from_numpy(starts[0]),
+            torch.from_numpy(rows[~word] - params.vocab_size),
+            torch.from_numpy(starts[1]),
+        )
+
+    return bags
+
+
+def initial_tables(
+    params: StaticParams,
+    token_vectors: dict[int, NDArray[np.float32]],
+    frequency: NDArray[np.float64],
+    seed: int,
+    sif: float = 1e-3,
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """(WordPiece rows: each token's projected teacher vector × its SIF weight a/(a + p), model2vec's
+    start; n-gram rows: random unit-norm directions, a random projection of the n-gram counts)."""
+    rng = np.random.default_rng(seed)
+    semantic_dim = params.embedding_dim - params.lexical_dim
+    words = rng.normal(0.0, 0.01, size=(params.vocab_size, semantic_dim))
+    p = frequency / max(frequency.sum(), 1.0)
+    weight = sif / (sif + p)
+    for token, vector in token_vectors.items():
+        words[token] = vector * weight[token]
+    grams = rng.normal(0.0, 1.0 / np.sqrt(params.lexical_dim), size=(params.buckets, params.lexical_dim))
+    return words.astype(np.float32), grams.astype(np.float32)
+
+
+def full_table(words: NDArray[np.float32], grams: NDArray[np.float32]) -> NDArray[np.float32]:
+    """The one table the worker reads: WordPiece rows in the first columns, n-gram rows in the last."""
+    table = np.zeros((len(words) + len(grams), words.shape[1] + grams.shape[1]), dtype=np.float32)
+    table[: len(words), : words.shape[1]] = words
+    table[len(words) :, words.shape[1] :] = grams
+    return table
+
+
+def _select_score(
+    embed: Callable[[Sequence[str]], np.ndarray], sets: dict[str, list[Pair]]
+) -> dict[str, float]:
+    return {
+        name: average_precision(
+            score_pairs(embed, [p.text_a for p in pairs], [p.text_b for p in pairs]), [p.label for p in pairs]
+        )
+        for name, pairs in sets.items()
+    }
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    best_step: int = 0
+    best_score: float = -1.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def train_tables(
+    start: tuple[NDArray[np.float32], NDArray[np.float32]],
+    bags: Callable[[Sequence[str]], Bags],
+    taught: tuple[list[str], NDArray[np.float32]],
+    plan: DataPlan,
+    select: Callable[[NDArray[np.float32], NDArray[np.float32]], float],
+    recipe: DistillRecipe,
+    seconds: float,
+    *,
+    progress: bool,
+) -> tuple[tuple[NDArray[np.float32], NDArray[np.float32]], Progress]:
+    """The training loop (see the module docstring); the best tables by ``select`` and how it went."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812 - the usual name
+    from torch import nn
+
+    from trainer.losses import pair_ranking_loss
+
+    rng = random.Random(recipe.seed)  # noqa: S311 - sampling, not secrets
+    torch.manual_seed(recipe.seed)
+    texts, targets = taught
+    target = torch.from_numpy(targets)
+    words = nn.EmbeddingBag.from_pretrained(torch.from_numpy(start[0]), freeze=False, mode="sum", sparse=True)
+    grams = nn.EmbeddingBag.from_pretrained(torch.from_numpy(start[1]), freeze=False, mode="sum", sparse=True)
+    optimizer = torch.optim.SparseAdam([words.weight, grams.weight], lr=recipe.lr)
+    by_file: dict[int, list[Pair]] = {}
+    for pair, source in zip(plan.pairs, plan.sources, strict=True):
+        by_file.setdefault(source, []).append(pair)
+    labelled = [pairs for pairs in by_file.values() if {p.label for p in pairs} == {0, 1}]
+    duplicates = [p for p in plan.pairs if p.label == 1]
+    w = recipe.train_lexical_weight
+
+    def encode(batch: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(semantic part, unit; the fused vector the worker compares)."""
+        word_rows, word_offsets, gram_rows, gram_offsets = bags(batch)
+        semantic = F.normalize(words(word_rows, word_offsets), dim=-1)
+        lexical = F.normalize(grams(gram_rows, gram_offsets), dim=-1)
+        return semantic, torch.cat([semantic * (1 - w) ** 0.5, lexical * w**0.5], dim=-1)
+
+    def snapshot() -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        return words.weight.detach().numpy().copy(), grams.weight.detach().numpy().copy()
+
+    def evaluate(loss: float) -> None:
+        current = snapshot()
+        score = select(*current)
+        state.history.append({"step": state.step, "selection_score": score, "loss": loss})
+        if score > state.best_score:
+            state.best_score, state.best_step = score, state.step
+            best[:] = [current]
+
+    state = Progress()
+    best: list[tuple[NDArray[np.float32], NDArray[np.float32]]] = [snapshot()]
+    evaluate(float("nan"))
+    started = time.monotonic()
+    with tqdm(total=int(seconds), desc="distill", unit="s", disable=not progress) as bar:
+        while time.monotonic() - started < seconds:
+            pick = rng.sample(range(len(texts)), min(recipe.batch_size, len(texts)))
+            batch = [spam_edit(texts[i], rng) if rng.random() < recipe.edit_share else texts[i] for i in pick]
+            student, teacher = encode(batch)[0], target[pick]
+            loss = recipe.distill_weight * (1 - (student * teacher).sum(-1)).mean()
+            loss = loss + recipe.relation_weight * F.mse_loss(student @ student.T, teacher @ teacher.T)
+            if labelled and recipe.pair_weight > 0:
+                pool = rng.choice(labelled)
+                pairs = rng.sample(pool, min(recipe.pair_batch_size, len(pool)))
+                a, b = encode([p.text_a for p in pairs])[1], encode([p.text_b for p in pairs])[1]
+                labels = torch.tensor([p.label for p in pairs])
+                loss = loss + recipe.pair_weight * pair_ranking_loss((a * b).sum(-1), labels, recipe.scale)
+            if duplicates and recipe.mnr_weight > 0:
+                pairs = rng.sample(duplicates, min(recipe.pair_batch_size, len(duplicates)))
+                left = [p.text_a for p in pairs]
+                right = [spam_edit(p.text_a, rng) if rng.random() < 0.25 else p.text_b for p in pairs]
+                logits = encode(left)[1] @ encode(right)[1].T * recipe.scale
+                loss = loss + recipe.mnr_weight * F.cross_entropy(logits, torch.arange(len(pairs)))
+            optimizer.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves backward unannotated
+            optimizer.step()  # type: ignore[no-untyped-call]
+            state.step += 1
+            bar.update(int(time.monotonic() - started) - bar.n)
+            if state.step % recipe.eval_every == 0:
+                evaluate(loss.item())
+                bar.set_postfix(ap=f"{state.history[-1]['selection_score']:.4f}", loss=f"{loss.item():.3f}")
+    evaluate(float("nan"))
+    return best[0], state
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def _fingerprint(texts: Sequence[str]) -> str:
+    return hashlib.sha256("\x1e".join(texts).encode("utf-8")).hexdigest()[:12]
+
+
+def distill(
+    teacher_dir: Path, data_dir: Path, out: Path, recipe: DistillRecipe, *, progress: bool = True
+) -> Manifest:
+    """Write a static model directory at ``out`` taught by ``teacher_dir`` (see the module docstring)."""
+    import torch
+
+    from worker.model.encode import TorchEncoder
+
+    started = time.monotonic()
+    torch.set_num_threads(2)
+    settings = default_settings(data_dir, out, recipe.budget_s)
+    plan = plan_data(settings)
+    teacher = TorchEncoder(teacher_dir, device="cpu")
+    tokenizer = plain_normalizer(teacher.tokenizer)  # fold() applies the spam folds itself
+    params = StaticParams(
+        vocab_size=teacher.manifest.hyperparameters.vocab_size,
+        buckets=recipe.buckets,
+        ngrams=recipe.ngrams,
+        embedding_dim=recipe.semantic_dim + recipe.lexical_dim,
+        lexical_dim=recipe.lexical_dim,
+        lexical_weight=recipe.train_lexical_weight,
+    )
+
+    # 2. the teacher's vectors: a sample of the training texts, and every token alone
+    rng = random.Random(recipe.seed)  # noqa: S311 - sampling, not secrets
+    every_text = list(dict.fromkeys(t for p in plan.pairs for t in (p.text_a, p.text_b)))
+    sample = rng.sample(every_text, min(recipe.teacher_texts, len(every_text)))
+    vocab = tokenizer.get_vocab()
+    tokens = sorted((i, t.removeprefix("##")) for t, i in vocab.items() if not t.startswith("[unused"))
+    token_texts, token_vectors = teacher_vectors(
+        teacher.embed,
+        [t for _, t in tokens],
+        recipe.cache,
+        _key(teacher.version, "tokens"),
+        recipe.teacher_budget_s / 4,
+        progress=progress,
+        chunk=1024,
+    )
+    taught_texts, taught_vectors = teacher_vectors(
+        teacher.embed,
+        sample,
+        recipe.cache,
+        _key(teacher.version, "texts"),
+        recipe.teacher_budget_s,
+        progress=progress,
+    )
+    del teacher
+    axes = principal_axes(taught_vectors, recipe.semantic_dim)
+    targets = unit(taught_vectors @ axes)
+    fidelity = _fidelity(taught_vectors, targets)
+    log.info("teacher_projected", sentences=len(taught_texts), vocabulary=len(token_texts), fidelity=fidelity)
+
+    # 3. the initial table
+    by_text = dict(zip(token_texts, unit(token_vectors @ axes), strict=True))
+    token_init = {i: by_text[t] for i, t in tokens if t in by_text}
+    frequency = np.zeros(params.vocab_size, dtype=np.float64)
+    for encoding in tokenizer.encode_batch(every_text[:50_000], add_special_tokens=False):
+        np.add.at(frequency, encoding.ids, 1.0)
+    start = initial_tables(params, token_init, frequency, recipe.seed)
+
+    # 4. training, keeping the table with the best mean AP on the selection sets
+    select_sets = {k: v[: recipe.select_pairs] for k, v in plan.select_sets.items()}
+
+    def select(words: NDArray[np.float32], grams: NDArray[np.float32]) -> float:
+        table = full_table(words, grams)
+        encoder = StaticEncoder(static_manifest(params, recipe.max_tokens, tokenizer), table, tokenizer, out)
+        scores = list(_select_score(encoder.embed, select_sets).values())
+        return float(np.mean(scores)) if scores else 0.0
+
+    bags = _bags(tokenizer, params, recipe.max_tokens)
+    seconds = max(recipe.budget_s - recipe.reserve_s - (time.monotonic() - started), recipe.budget_s / 10)
+    tables, state = train_tables(
+        start, bags, (taught_texts, targets), plan, select, recipe, seconds, progress=progress
+    )
+
+    # 5. the lexical part's weight, then calibration, with the float16 table the worker will run
+    shipped = full_table(*tables).astype(np.float16)
+    params, weights = choose_lexical_weight(params, shipped, tokenizer, select_sets, recipe)
+    encoder = StaticEncoder(static_manifest(params, recipe.max_tokens, tokenizer), shipped, tokenizer, out)
+    calibrate_on = plan.calibrate_on[: plan.calibrate_pairs]
+    scores = score_pairs(encoder.embed, [p.text_a for p in calibrate_on], [p.text_b for p in calibrate_on])
+    thresholds, metrics = calibrate(
+        scores, [p.label for p in calibrate_on], recipe.target_precision, plan.calibrate_name
+    )
+    stream = stream_decision(encoder, data_dir, recipe)
+    selection = _select_score(encoder.embed, select_sets)
+    training: dict[str, object] = {
+        "recipe": "distill",
+        "teacher": teacher_dir.name,
+        "teacher_texts": len(taught_texts),
+        "teacher_tokens": len(token_texts),
+        "teacher_cosine_fidelity": fidelity,
+        "steps": state.step,
+        "best_step": state.best_step,
+        "selection": {k: round(v, 4) for k, v in selection.items()},
+        "lexical_weights_tried": weights,
+        "history": state.history,
+        "wall_s": round(time.monotonic() - started, 1),
+        "recipe_settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(recipe).items()},
+    }
+    manifest = static_manifest(params, recipe.max_tokens, tokenizer).model_copy(
+        update={
+            "thresholds": thresholds,
+            "stream": stream,
+            "base_model": f"distilled from {teacher_dir.name}",
+            "training_data": [r.fingerprint() for r in plan.reports],
+            "dev_data": plan.dev_report.fingerprint() if plan.dev_report is not None else None,
+            "dev_metrics": metrics.as_dict(),
+            "training": json.loads(json.dumps(training)),
+            "code_version": code_version(),
+        }
+    )
+
+    final = write_static_dir(out, manifest, shipped, tokenizer)
+    log.info(
+        "fast_model_written",
+        out=str(out),
+        version=final.version,
+        threshold=thresholds.decision,
+        point=None if stream is None else stream.point,
+        dev_average_precision=metrics.average_precision,
+        steps=state.step,
+        wall_s=round(time.monotonic() - started, 1),
+    )
+    return final
+
+
+def choose_lexical_weight(
+    params: StaticParams,
+    table: NDArray[np.floating],
+    tokenizer: Tokenizer,
+    sets: dict[str, list[Pair]],
+    recipe: DistillRecipe,
+) -> tuple[StaticParams, dict[str, float]]:
+    """The lexical weight with the best mean AP on the selection sets (each weight's mean AP)."""
+    tried: dict[str, float] = {}
+    for weight in recipe.lexical_weights:
+        candidate = params.model_copy(update={"lexical_weight": weight})
+        manifest = static_manifest(candidate, recipe.max_tokens, tokenizer)
+        scores = _select_score(StaticEncoder(manifest, table, tokenizer, Path()).embed, sets).values()
+        tried[str(weight)] = float(np.mean(list(scores))) if scores else 0.0
+    best = max(recipe.lexical_weights, key=lambda w: tried[str(w)]) if sets else params.lexical_weight
+    log.info("lexical_weight_chosen", weight=best, tried=tried)
+    return params.model_copy(update={"lexical_weight": best}), tried
+
+
+def write_static_dir(
+    path: Path, manifest: Manifest, table: NDArray[np.floating], tokenizer: Tokenizer
+) -> Manifest:
+    """A static model directory, written atomically by ``save_model_dir`` (which stamps the version):
+    the table as float16 under ``embedding.weight``, the tokenizer, the manifest."""
+    import torch
+    from torch import nn
+
+    from worker.model.directory import save_model_dir
+
+    holder = nn.Module()  # save_model_dir writes a module's state: here the one table
+    holder.embedding = nn.Module()
+    holder.embedding.register_buffer(
+        "weight", torch.from_numpy(np.ascontiguousarray(table, dtype=np.float16))
+    )
+    assert set(holder.state_dict()) == {TABLE}
+    return save_model_dir(path, Manifest.model_validate(manifest.model_dump()), holder, tokenizer)
+
+
+def static_manifest(params: StaticParams, max_tokens: int, tokenizer: Tokenizer) -> Manifest:
+    """The manifest of an untrained static model (uncalibrated threshold): ``distill`` fills the rest."""
+    from worker.model.manifest import Thresholds
+
+    return Manifest(
+        architecture="static",
+        hyperparameters=params,
+        dim=params.embedding_dim,
+        max_tokens=max_tokens,
+        pooling="mean",
+        pad_token_id=pad_token_id(tokenizer),
+        thresholds=Thresholds(decision=0.8),
+        code_version=code_version(),
+    )
+
+
+def _fidelity(teacher: NDArray[np.float32], projected: NDArray[np.float32], n: int = 2000) -> float:
+    """Correlation of pairwise cosines before and after the projection, on a sample."""
+    a, b = unit(teacher[:n]), projected[:n]
+    return float(np.corrcoef((a @ a.T).ravel(), (b @ b.T).ravel())[0, 1])
+
+
+def stream_decision(encoder: StaticEncoder, data_dir: Path, recipe: DistillRecipe) -> StreamDecision | None:
+    """The decision point on a simulated repost stream of pairs no model trained on (``trainer.ship``)."""
+    pairs, name = calibration_pairs(data_dir, VerifierRecipe())
+    if not pairs:
+        return None
+    posts = simulate(pairs, recipe.stream_pairs, recipe.seed, proper_names([p.text_a for p in pairs]))
+    stream = compare(posts, encoder.embed([p.text for p in posts]))
+    found = stream_calibrate(stream, recipe.stream_precision)
+    log.info(
+        "stream_calibrated",
+        point=found.point,
+        precision=found.outcome.precision,
+        recall=found.outcome.recall,
+        posts=len(posts),
+    )
+    return StreamDecision(
+        point=max(round(found.point, 6), 1e-6),
+        encoder=knots(found.encoder),
+        target_precision=recipe.stream_precision,
+        precision=round(found.outcome.precision, 4),
+        recall=round(found.outcome.recall, 4),
+        calibrated_on=f"a simulated repost stream from {name}",
+        posts=len(posts),
+    )
