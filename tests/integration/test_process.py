@@ -68,7 +68,8 @@ def test_sigkill_mid_stream_then_restart_skips_nothing_and_republishes_identical
     posts = make_stream(1200, seed=21)
     create_topics(broker, names, partitions=2)
     produce_posts(broker, names.input, posts)
-    env = worker_env(broker, names, tmp_path / "index")
+    # several batches of 20 per commit, and commits often enough to kill the worker between two
+    env = worker_env(broker, names, tmp_path / "index", TWINFLAG_COMMIT_INTERVAL_MS="100")
 
     with (tmp_path / "worker-1.log").open("wb") as log:
         first = start_worker(env, log)
@@ -112,7 +113,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero_in_time(
     posts = make_stream(1500, seed=22)
     create_topics(broker, names, partitions=2)
     produce_posts(broker, names.input, posts)
-    env = worker_env(broker, names, tmp_path / "index")
+    env = worker_env(broker, names, tmp_path / "index", TWINFLAG_COMMIT_INTERVAL_MS="100")  # mid-stream
     port = env["TWINFLAG_METRICS_PORT"]
 
     with (tmp_path / "worker.log").open("wb") as log:

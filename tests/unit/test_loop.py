@@ -314,3 +314,76 @@ def test_back_off_waits_double_up_to_the_cap_and_are_jittered_below_it() -> None
             assert ceiling / 2 <= wait <= ceiling
     assert len({row[0] for row in waits}) > 40  # replicas retry at different moments
     assert Backoff(1.0, 4.0, jitter=0.0).wait_s(3, rng) == 4.0
+
+
+def test_a_commit_interval_commits_several_batches_at_once_after_both_flushes() -> None:
+    events: list[str] = []
+    source, publisher, index = (
+        ListSource(stream(7), events),
+        RecordingPublisher(events),
+        RecordingIndex(events),
+    )
+    index.ensure(256, "hash-trigram-v1")
+    done = run(
+        source, HashEncoder(), index, publisher, CONFIG, threading.Event(), idle_timeout_s=0,
+        commit_interval_s=3600,
+    )  # fmt: skip
+    assert done == 7
+    # one transaction (begin) and one commit for the three batches, after both flushes
+    assert events == ["begin", "flush", "index_flush", "commit:{('documents', 0): 7}"]
+    assert source.committed == {("documents", 0): 7}
+
+
+def test_a_failure_rewinds_every_batch_not_yet_committed() -> None:
+    events: list[str] = []
+    source, publisher = ListSource(stream(9), events), RecordingPublisher(events)
+    index = RecordingIndex(events)
+    searches = 0
+
+    class FailsThirdSearch(RecordingIndex):
+        def search(self, queries, k):  # type: ignore[no-untyped-def]
+            nonlocal searches
+            searches += 1
+            if searches == 3:
+                raise IndexUnavailableError("index down (test)")
+            return super().search(queries, k)
+
+    index = FailsThirdSearch(events)
+    done = run(
+        source, HashEncoder(), index, publisher, CONFIG, threading.Event(), idle_timeout_s=0,
+        backoff=FAST, commit_interval_s=3600,
+    )  # fmt: skip
+    assert done == 9
+    assert events.index("rewind") < events.index("commit:{('documents', 0): 9}")
+    assert not [e for e in events[: events.index("rewind")] if e.startswith("commit")]
+    assert source.committed == {("documents", 0): 9}
+    assert publisher.aborts == 1
+
+
+def test_the_encoder_runs_in_its_own_thread_beside_the_previous_batch_commit() -> None:
+    events: list[str] = []
+    source, index = ListSource(stream(6), events), RecordingIndex(events)
+    index.ensure(256, "hash-trigram-v1")
+    second_embedding = threading.Event()
+    calls = 0
+
+    class Marking(HashEncoder):
+        def embed(self, texts: Sequence[str]) -> np.ndarray:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                second_embedding.set()
+            events.append(f"embed_in_main_thread:{threading.current_thread() is threading.main_thread()}")
+            return super().embed(texts)
+
+    class WaitsForTheEncoder(RecordingPublisher):
+        def flush(self, timeout_s: float) -> None:
+            if self.flushes == 0:  # batch 1's flush: batch 2 is being embedded meanwhile
+                events.append(f"overlapped:{second_embedding.wait(5)}")
+            super().flush(timeout_s)
+
+    run(source, Marking(), index, WaitsForTheEncoder(events), CONFIG, threading.Event(), idle_timeout_s=0)
+    assert "overlapped:True" in events
+    assert "embed_in_main_thread:True" not in events
+    first_commit = events.index("commit:{('documents', 0): 3}")
+    assert events.index("begin", first_commit) > first_commit  # batch 2 began after batch 1 committed

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from worker.core.emit import Topics
 from worker.core.errors import Action, Backoff, FatalError, IndexMismatchError, policy
@@ -29,12 +29,13 @@ from worker.core.ports import BatchPublisher, Encoder, RecordSource, VectorIndex
 from worker.core.step import StepConfig
 from worker.index.config import IndexSettings
 from worker.kafka.config import consumer_options, dead_letter_limit, ensure_topics, producer_options
-from worker.model.encode import TorchEncoder
 from worker.model.manifest import ModelFormatError, calibrated_policy
-from worker.model.static import StaticEncoder
 from worker.service.loop import run as run_loop
 from worker.service.settings import WorkerSettings
 from worker.service.status import Metrics, Readiness, StatusServer
+
+if TYPE_CHECKING:
+    from worker.model.encode import DirectoryEncoder
 
 log = get_logger("main")
 T = TypeVar("T")
@@ -127,22 +128,15 @@ def build_index(index: IndexSettings, stack: ExitStack) -> VectorIndex:
     return server
 
 
-def load_model(
-    settings: WorkerSettings, model_dir: Path | None = None
-) -> tuple[TorchEncoder | StaticEncoder, float]:
-    """The encoder and the manifest's decision threshold: a ``StaticEncoder`` (numpy, no torch) for a
-    manifest whose architecture is ``static``, else a ``TorchEncoder``. A missing, unsafe or unreadable
+def load_model(settings: WorkerSettings, model_dir: Path | None = None) -> tuple[DirectoryEncoder, float]:
+    """The encoder the model directory asks for (``encode.load_encoder``: torch, ONNX Runtime for int8,
+    numpy for a static model) and the manifest's decision threshold. A missing, unsafe or unreadable
     model directory is a ``FatalError`` naming the path."""
-    from worker.model.directory import read_manifest
     from worker.model.encode import limit_kernel_cache, load_encoder
-    from worker.model.static import load_static
 
     path = model_dir if model_dir is not None else settings.model.path
     model = settings.model
     try:
-        if read_manifest(Path(path)).architecture == "static":
-            static = load_static(path)
-            return static, static.manifest.thresholds.decision
         limit_kernel_cache(model.cpu_kernel_cache)
         encoder = load_encoder(path, model.device, model.max_batch_tokens, model.max_batch_size)
     except (ModelFormatError, FileNotFoundError) as error:  # UnsafeModelError is a ModelFormatError
@@ -151,12 +145,11 @@ def load_model(
 
 
 def decision_of(
-    settings: WorkerSettings, encoder: TorchEncoder | StaticEncoder, threshold: float | None = None
+    settings: WorkerSettings, encoder: DirectoryEncoder, threshold: float | None = None
 ) -> DecisionPlan:
     """The model's own decision (its calibration, its verifier), unless a threshold is forced (the
-    argument, else ``TWINFLAG_MODEL__THRESHOLD``): then the cosine decides alone."""
-    from worker.model.verify import TorchVerifier
-
+    argument, else ``TWINFLAG_MODEL__THRESHOLD``): then the cosine decides alone. torch is imported
+    only for a verifier: an int8 or static model runs without it."""
     model, manifest = settings.model, encoder.manifest
     forced = threshold if threshold is not None else model.threshold
     points = model.tenant_thresholds
@@ -167,6 +160,8 @@ def decision_of(
     section = manifest.verifier
     if not policy.verifies or section is None:
         return DecisionPlan(policy)
+    from worker.model.verify import TorchVerifier
+
     try:
         verifier = TorchVerifier(
             encoder.root, section, encoder.tokenizer, manifest.pad_token_id, device=model.device
@@ -343,6 +338,7 @@ def run_worker(
                 readiness=readiness,
                 backoff=backoff_of(settings),
                 flush_timeout_s=settings.kafka.flush_timeout_s,
+                commit_interval_s=settings.commit_interval_ms / 1000,
             )
         except Exception:  # logged with its traceback by the loop; nothing was committed
             return EXIT_ERROR
