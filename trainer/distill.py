@@ -13,9 +13,11 @@
    text or a spam edit of it: an edit must land where its original does), a CoSENT batch of labelled
    pairs and an in-batch ranking batch of duplicates. The table with the best mean AP on the selection
    sets is kept.
-5. Calibration as the trainer's: the cosine threshold on the dev half (``trainer.evaluate.calibrate``)
-   and the shipped decision on a simulated repost stream (``trainer.stream``, as ``python -m trainer
-   verifier --no-verifier`` does for the transformer).
+5. The lexical part's weight: the best F1 on a repost stream simulated from pairs no model trained on
+   (``trainer.stream.simulate``), among the weights within ``ap_slack`` of the best selection AP.
+   The threshold: the cosine with the best F1 on that stream (the worker's question: "is this post's
+   best earlier neighbour a repost?"); the dev half's metrics are recorded beside it
+   (``trainer.evaluate.calibrate``).
 """
 
 from __future__ import annotations
@@ -41,11 +43,10 @@ from trainer.facts import proper_names
 from trainer.recipes import default_settings
 from trainer.ship import calibration_pairs
 from trainer.splits import DataPlan, plan_data
-from trainer.stream import calibrate as stream_calibrate
-from trainer.stream import compare, knots, simulate
+from trainer.stream import Post, compare, simulate
 from trainer.verifier import VerifierRecipe
 from worker.core.logs import get_logger
-from worker.model.manifest import Manifest, StaticParams, StreamDecision
+from worker.model.manifest import Manifest, StaticParams, Thresholds
 from worker.model.static import TABLE, StaticEncoder, features, plain_normalizer
 from worker.model.tokenizer import pad_token_id
 
@@ -62,7 +63,7 @@ class DistillRecipe:
 
     semantic_dim: int = 192  # the WordPiece rows' columns: the teacher's top principal directions
     lexical_dim: int = 128  # the n-gram rows' columns
-    lexical_weights: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5)  # chosen on the selection sets
+    lexical_weights: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6)  # chosen after training (step 5)
     train_lexical_weight: float = 0.3
     buckets: int = 1 << 16
     ngrams: tuple[int, ...] = (3, 5)
@@ -83,7 +84,7 @@ class DistillRecipe:
     eval_every: int = 200
     select_pairs: int = 1000
     target_precision: float = 0.95
-    stream_precision: float = 0.90
+    ap_slack: float = 0.005  # selection AP a lexical weight may give up for stream F1
     stream_pairs: int = 1500
     seed: int = 0
     cache: Path = Path("runs/distill-cache")
@@ -155,30 +156,41 @@ def unit(x: NDArray[np.float32]) -> NDArray[np.float32]:
 # ---------------------------------------------------------------------------------------------
 # The student
 
-Bags = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor"]
+BagTensors = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor"]
 
 
-def _bags(tokenizer: Tokenizer, params: StaticParams, max_tokens: int) -> Callable[[Sequence[str]], Bags]:
+class Bags:
     """Texts → (WordPiece rows, offsets, n-gram rows, offsets) for two ``nn.EmbeddingBag``s, from the
-    worker's own ``features``."""
-    import torch
+    worker's own ``features``; the features of texts that recur (training texts, not their random
+    spam edits) are kept, so a step featurises only what it has not seen."""
 
-    def bags(texts: Sequence[str]) -> Bags:
-        rows, offsets = features(texts, tokenizer, params, max_tokens)
-        owner = np.repeat(np.arange(len(texts)), np.diff(offsets))
-        word = rows < params.vocab_size
-        starts = []
-        for mask in (word, ~word):
-            counts = np.bincount(owner[mask], minlength=len(texts))
-            starts.append(np.r_[0, np.cumsum(counts)[:-1]])
-        return (
-            torch.from_numpy(rows[word]),
-            torch.from_numpy(starts[0]),
-            torch.from_numpy(rows[~word] - params.vocab_size),
-            torch.from_numpy(starts[1]),
-        )
+    def __init__(self, tokenizer: Tokenizer, params: StaticParams, max_tokens: int) -> None:
+        self.tokenizer, self.params, self.max_tokens = tokenizer, params, max_tokens
+        self.kept: dict[str, tuple[NDArray[np.int64], NDArray[np.int64]]] = {}
 
-    return bags
+    def split(self, texts: Sequence[str]) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
+        rows, offsets = features(texts, self.tokenizer, self.params, self.max_tokens)
+        out = []
+        for i in range(len(texts)):
+            own = rows[offsets[i] : offsets[i + 1]]
+            word = own < self.params.vocab_size
+            out.append((own[word], own[~word] - self.params.vocab_size))
+        return out
+
+    def __call__(self, texts: Sequence[str], keep: bool = True) -> BagTensors:
+        import torch
+
+        missing = list(dict.fromkeys(t for t in texts if t not in self.kept))
+        found = dict(zip(missing, self.split(missing), strict=True)) if missing else {}
+        if keep:
+            self.kept.update(found)
+        parts = [self.kept[t] if t in self.kept else found[t] for t in texts]
+        tensors = []
+        for k in (0, 1):
+            counts = np.fromiter((len(part[k]) for part in parts), dtype=np.int64, count=len(parts))
+            rows = np.concatenate([part[k] for part in parts]) if parts else np.zeros(0, np.int64)
+            tensors += [torch.from_numpy(rows), torch.from_numpy(np.r_[0, np.cumsum(counts)[:-1]])]
+        return tensors[0], tensors[1], tensors[2], tensors[3]
 
 
 def initial_tables(
@@ -230,7 +242,7 @@ class Progress:
 
 def train_tables(
     start: tuple[NDArray[np.float32], NDArray[np.float32]],
-    bags: Callable[[Sequence[str]], Bags],
+    bags: Bags,
     taught: tuple[list[str], NDArray[np.float32]],
     plan: DataPlan,
     select: Callable[[NDArray[np.float32], NDArray[np.float32]], float],
@@ -260,12 +272,23 @@ def train_tables(
     duplicates = [p for p in plan.pairs if p.label == 1]
     w = recipe.train_lexical_weight
 
-    def encode(batch: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(batch: Sequence[str], keep: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(semantic part, unit; the fused vector the worker compares)."""
-        word_rows, word_offsets, gram_rows, gram_offsets = bags(batch)
+        word_rows, word_offsets, gram_rows, gram_offsets = bags(batch, keep)
         semantic = F.normalize(words(word_rows, word_offsets), dim=-1)
         lexical = F.normalize(grams(gram_rows, gram_offsets), dim=-1)
         return semantic, torch.cat([semantic * (1 - w) ** 0.5, lexical * w**0.5], dim=-1)
+
+    def encode_mixed(batch: Sequence[str], edited: Sequence[bool]) -> torch.Tensor:
+        """The semantic part of a batch whose edited texts are featurised but not kept."""
+        plain = [i for i, e in enumerate(edited) if not e]
+        spam = [i for i, e in enumerate(edited) if e]
+        out = torch.empty(len(batch), words.embedding_dim)
+        if plain:
+            out[plain] = encode([batch[i] for i in plain])[0]
+        if spam:
+            out[spam] = encode([batch[i] for i in spam], keep=False)[0]
+        return out
 
     def snapshot() -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         return words.weight.detach().numpy().copy(), grams.weight.detach().numpy().copy()
@@ -285,8 +308,10 @@ def train_tables(
     with tqdm(total=int(seconds), desc="distill", unit="s", disable=not progress) as bar:
         while time.monotonic() - started < seconds:
             pick = rng.sample(range(len(texts)), min(recipe.batch_size, len(texts)))
-            batch = [spam_edit(texts[i], rng) if rng.random() < recipe.edit_share else texts[i] for i in pick]
-            student, teacher = encode(batch)[0], target[pick]
+            edited = [rng.random() < recipe.edit_share for _ in pick]
+            batch = [spam_edit(texts[i], rng) if e else texts[i] for i, e in zip(pick, edited, strict=True)]
+            student = encode_mixed(batch, edited)
+            teacher = target[pick]
             loss = recipe.distill_weight * (1 - (student * teacher).sum(-1)).mean()
             loss = loss + recipe.relation_weight * F.mse_loss(student @ student.T, teacher @ teacher.T)
             if labelled and recipe.pair_weight > 0:
@@ -299,7 +324,7 @@ def train_tables(
                 pairs = rng.sample(duplicates, min(recipe.pair_batch_size, len(duplicates)))
                 left = [p.text_a for p in pairs]
                 right = [spam_edit(p.text_a, rng) if rng.random() < 0.25 else p.text_b for p in pairs]
-                logits = encode(left)[1] @ encode(right)[1].T * recipe.scale
+                logits = encode(left)[1] @ encode(right, keep=False)[1].T * recipe.scale
                 loss = loss + recipe.mnr_weight * F.cross_entropy(logits, torch.arange(len(pairs)))
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]  # torch leaves backward unannotated
@@ -390,7 +415,7 @@ def distill(
         scores = list(_select_score(encoder.embed, select_sets).values())
         return float(np.mean(scores)) if scores else 0.0
 
-    bags = _bags(tokenizer, params, recipe.max_tokens)
+    bags = Bags(tokenizer, params, recipe.max_tokens)
     seconds = max(recipe.budget_s - recipe.reserve_s - (time.monotonic() - started), recipe.budget_s / 10)
     tables, state = train_tables(
         start, bags, (taught_texts, targets), plan, select, recipe, seconds, progress=progress
@@ -398,14 +423,25 @@ def distill(
 
     # 5. the lexical part's weight, then calibration, with the float16 table the worker will run
     shipped = full_table(*tables).astype(np.float16)
-    params, weights = choose_lexical_weight(params, shipped, tokenizer, select_sets, recipe)
+    posts, stream_name = simulated_stream(data_dir, recipe)
+    params, weights = choose_lexical_weight(params, shipped, tokenizer, select_sets, posts, recipe)
     encoder = StaticEncoder(static_manifest(params, recipe.max_tokens, tokenizer), shipped, tokenizer, out)
     calibrate_on = plan.calibrate_on[: plan.calibrate_pairs]
     scores = score_pairs(encoder.embed, [p.text_a for p in calibrate_on], [p.text_b for p in calibrate_on])
     thresholds, metrics = calibrate(
         scores, [p.label for p in calibrate_on], recipe.target_precision, plan.calibrate_name
     )
-    stream = stream_decision(encoder, data_dir, recipe)
+    cut = stream_cut(encoder, posts) if posts else None
+    if cut is not None:  # the worker's question: flag at the cosine with the best F1 on a repost stream
+        thresholds = Thresholds(
+            decision=cut.threshold,
+            precision=cut.precision,
+            recall=cut.recall,
+            best_f1=cut.f1,
+            best_f1_threshold=cut.threshold,
+            calibrated_on=f"best F1 on a simulated repost stream ({len(posts)} posts) from {stream_name}",
+        )
+        log.info("stream_threshold", **asdict(cut))
     selection = _select_score(encoder.embed, select_sets)
     training: dict[str, object] = {
         "recipe": "distill",
@@ -424,7 +460,6 @@ def distill(
     manifest = static_manifest(params, recipe.max_tokens, tokenizer).model_copy(
         update={
             "thresholds": thresholds,
-            "stream": stream,
             "base_model": f"distilled from {teacher_dir.name}",
             "training_data": [r.fingerprint() for r in plan.reports],
             "dev_data": plan.dev_report.fingerprint() if plan.dev_report is not None else None,
@@ -440,7 +475,6 @@ def distill(
         out=str(out),
         version=final.version,
         threshold=thresholds.decision,
-        point=None if stream is None else stream.point,
         dev_average_precision=metrics.average_precision,
         steps=state.step,
         wall_s=round(time.monotonic() - started, 1),
@@ -453,16 +487,26 @@ def choose_lexical_weight(
     table: NDArray[np.floating],
     tokenizer: Tokenizer,
     sets: dict[str, list[Pair]],
+    posts: Sequence[Post],
     recipe: DistillRecipe,
-) -> tuple[StaticParams, dict[str, float]]:
-    """The lexical weight with the best mean AP on the selection sets (each weight's mean AP)."""
-    tried: dict[str, float] = {}
+) -> tuple[StaticParams, dict[str, dict[str, float]]]:
+    """The lexical weight with the best F1 on the simulated stream among those whose mean AP on the
+    selection sets is within ``ap_slack`` of the best (each weight's figures)."""
+    tried: dict[str, dict[str, float]] = {}
     for weight in recipe.lexical_weights:
         candidate = params.model_copy(update={"lexical_weight": weight})
-        manifest = static_manifest(candidate, recipe.max_tokens, tokenizer)
-        scores = _select_score(StaticEncoder(manifest, table, tokenizer, Path()).embed, sets).values()
-        tried[str(weight)] = float(np.mean(list(scores))) if scores else 0.0
-    best = max(recipe.lexical_weights, key=lambda w: tried[str(w)]) if sets else params.lexical_weight
+        encoder = StaticEncoder(
+            static_manifest(candidate, recipe.max_tokens, tokenizer), table, tokenizer, Path()
+        )
+        scores = list(_select_score(encoder.embed, sets).values())
+        cut = stream_cut(encoder, posts) if posts else None
+        tried[str(weight)] = {
+            "selection_ap": float(np.mean(scores)) if scores else 0.0,
+            "stream_f1": cut.f1 if cut is not None else 0.0,
+        }
+    top = max(t["selection_ap"] for t in tried.values())
+    fine = [w for w in recipe.lexical_weights if tried[str(w)]["selection_ap"] >= top - recipe.ap_slack]
+    best = max(fine, key=lambda w: (tried[str(w)]["stream_f1"], -w))
     log.info("lexical_weight_chosen", weight=best, tried=tried)
     return params.model_copy(update={"lexical_weight": best}), tried
 
@@ -488,8 +532,6 @@ def write_static_dir(
 
 def static_manifest(params: StaticParams, max_tokens: int, tokenizer: Tokenizer) -> Manifest:
     """The manifest of an untrained static model (uncalibrated threshold): ``distill`` fills the rest."""
-    from worker.model.manifest import Thresholds
-
     return Manifest(
         architecture="static",
         hyperparameters=params,
@@ -508,27 +550,38 @@ def _fidelity(teacher: NDArray[np.float32], projected: NDArray[np.float32], n: i
     return float(np.corrcoef((a @ a.T).ravel(), (b @ b.T).ravel())[0, 1])
 
 
-def stream_decision(encoder: StaticEncoder, data_dir: Path, recipe: DistillRecipe) -> StreamDecision | None:
-    """The decision point on a simulated repost stream of pairs no model trained on (``trainer.ship``)."""
+@dataclass(frozen=True)
+class StreamCut:
+    """The cosine that flags with the best F1 on a simulated repost stream, and what it reaches there."""
+
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+
+
+def simulated_stream(data_dir: Path, recipe: DistillRecipe) -> tuple[list[Post], str]:
+    """A repost stream simulated from pairs no model trained on (``trainer.ship.calibration_pairs``)."""
     pairs, name = calibration_pairs(data_dir, VerifierRecipe())
     if not pairs:
+        return [], name
+    return simulate(pairs, recipe.stream_pairs, recipe.seed, proper_names([p.text_a for p in pairs])), name
+
+
+def stream_cut(encoder: StaticEncoder, posts: Sequence[Post]) -> StreamCut | None:
+    """Each post flags its best earlier post when their cosine reaches the threshold; a flag is right
+    when both are of one cluster. The threshold with the best F1 (the highest one on ties)."""
+    stream = compare(posts, encoder.embed([p.text for p in posts]), k=1)
+    found = [(i, c[0]) for i, c in enumerate(stream.candidates) if c]
+    reposts = stream.reposts()
+    if not found or reposts == 0:
         return None
-    posts = simulate(pairs, recipe.stream_pairs, recipe.seed, proper_names([p.text_a for p in pairs]))
-    stream = compare(posts, encoder.embed([p.text for p in posts]))
-    found = stream_calibrate(stream, recipe.stream_precision)
-    log.info(
-        "stream_calibrated",
-        point=found.point,
-        precision=found.outcome.precision,
-        recall=found.outcome.recall,
-        posts=len(posts),
-    )
-    return StreamDecision(
-        point=max(round(found.point, 6), 1e-6),
-        encoder=knots(found.encoder),
-        target_precision=recipe.stream_precision,
-        precision=round(found.outcome.precision, 4),
-        recall=round(found.outcome.recall, 4),
-        calibrated_on=f"a simulated repost stream from {name}",
-        posts=len(posts),
-    )
+    scores = np.array([score for _, (_, score) in found])
+    right = np.array([stream.same(i, j) for i, (j, _) in found], dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    hits, ranked = np.cumsum(right[order]), scores[order]
+    last = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]
+    precision, recall = hits[last] / (last + 1), hits[last] / reposts
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
+    k = int(np.argmax(f1))
+    return StreamCut(round(float(ranked[last][k]), 6), float(precision[k]), float(recall[k]), float(f1[k]))
