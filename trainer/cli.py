@@ -141,7 +141,8 @@ def parser() -> argparse.ArgumentParser:
         default=12.0,
         help="wall-clock budget: a third for the teacher's vectors (cached in --cache), the rest training",
     )
-    distill.add_argument("--dim", type=int, default=256, help="embedding width")
+    distill.add_argument("--semantic-dim", type=int, default=192, help="columns of the WordPiece part")
+    distill.add_argument("--lexical-dim", type=int, default=128, help="columns of the character n-gram part")
     distill.add_argument("--teacher-texts", type=int, default=16_000, help="texts the teacher embeds")
     distill.add_argument("--cache", type=Path, default=Path("runs/distill-cache"), help="teacher vectors")
     distill.add_argument("--seed", type=int, default=0)
@@ -195,7 +196,8 @@ def run(args: argparse.Namespace) -> None:
 
             recipe = recipe_for_budget(
                 args.budget_minutes * 60.0,
-                dim=args.dim,
+                semantic_dim=args.semantic_dim,
+                lexical_dim=args.lexical_dim,
                 teacher_texts=args.teacher_texts,
                 cache=args.cache,
                 seed=args.seed,
