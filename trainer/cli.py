@@ -1,4 +1,4 @@
-"""``python -m trainer {train,evaluate,score,export,default,verifier,distill}``: the command line.
+"""``python -m trainer {train,evaluate,score,export,default,verifier,quantize,distill}``: the command line.
 
 stdout carries results only (metrics, scores); logs and progress go to stderr. Exit status 2 for bad
 input (a missing or unreadable file, a refused model directory, a setting out of range), 1 for
@@ -127,6 +127,21 @@ def parser() -> argparse.ArgumentParser:
     verifier.add_argument("--threads", type=int, help="torch CPU threads")
     verifier.add_argument("--device", default="auto", choices=DEVICES)
 
+    quantize = sub.add_parser(
+        "quantize", help="an int8 copy of a transformer model directory, run by ONNX Runtime (CPU)"
+    )
+    quantize.add_argument(
+        "--model", type=Path, default=Path("models/default"), help="float32 model directory"
+    )
+    quantize.add_argument("--out", type=Path, default=Path("models/int8"))
+    quantize.add_argument(
+        "--data-dir",
+        type=Path,
+        help="check average precision against the float32 model on the held-out pairs here first",
+    )
+    quantize.add_argument("--max-pairs", type=int, default=2000, help="pairs per check set")
+    quantize.add_argument("--max-ap-drop", type=float, default=0.005, help="refuse to write past this loss")
+
     distill = sub.add_parser(
         "distill", help="a fast static encoder (numpy at run time) taught by a trained model directory"
     )
@@ -190,6 +205,10 @@ def run(args: argparse.Namespace) -> None:
                 with_verifier=not args.no_verifier,
                 threads=args.threads,
                 device=args.device,
+            )
+        case "quantize":
+            commands.run_quantize(
+                args.model, args.out, args.data_dir, max_pairs=args.max_pairs, max_ap_drop=args.max_ap_drop
             )
         case "distill":
             from trainer.distill import distill, recipe_for_budget

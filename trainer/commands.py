@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,7 +23,10 @@ from trainer.settings import TrainSettings
 from trainer.splits import sample_pairs
 from trainer.train import train
 from worker.core.logs import get_logger
-from worker.model.encode import TorchEncoder, load_encoder
+from worker.model.encode import load_encoder
+
+if TYPE_CHECKING:
+    from worker.model.encode import DirectoryEncoder
 
 log = get_logger("trainer")
 
@@ -50,7 +54,7 @@ def run_export(
 
 
 def final_scores(
-    encoder: TorchEncoder, text_a: list[str], text_b: list[str], device: str = "cpu"
+    encoder: DirectoryEncoder, text_a: list[str], text_b: list[str], device: str = "cpu"
 ) -> NDArray[np.float64]:
     """What the worker decides a pair on: the cosine, or, for a model with a calibrated decision, the
     calibrated probability (the verifier's, for a cosine in its band)."""
@@ -77,7 +81,7 @@ def final_scores(
 
 def _encoder_scores(
     model: Path, pairs_file: Path, device: str, max_pairs: int | None
-) -> tuple[TorchEncoder, list[Pair], NDArray[np.float64]]:
+) -> tuple[DirectoryEncoder, list[Pair], NDArray[np.float64]]:
     encoder = load_encoder(model, device)
     pairs, report = read_pairs(pairs_file)
     if report.bad_rows:
@@ -159,3 +163,25 @@ def run_verifier(
         max_share=max_share,
     )
     ship(model, data_dir, out, recipe, device=device)
+
+
+def run_quantize(
+    model: Path, out: Path, data_dir: Path | None, *, max_pairs: int, max_ap_drop: float
+) -> None:
+    """``trainer quantize``: the int8 copy, checked on held-out pairs when a data directory is given."""
+    from trainer.quantize import quantize
+    from trainer.recipes import held_out_sets, other_dev_sets
+
+    gated = held_out_sets(data_dir, max_pairs) if data_dir is not None else []
+    reported = other_dev_sets(data_dir, max_pairs) if data_dir is not None else []
+    manifest, checks = quantize(model, out, gated, max_ap_drop=max_ap_drop, report_sets=reported)
+    print(f"wrote {out} ({manifest.version})")
+    if reported:
+        print(
+            f"  (AP must stay within {max_ap_drop} on the recipe's held-out pairs; other dev files: reported)"
+        )
+    for check in checks:
+        print(
+            f"  {check.name:<28} AP float32 {check.float32:.4f}  int8 {check.int8:.4f}"
+            f"  drop {check.drop:+.4f}"
+        )

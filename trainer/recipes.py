@@ -23,6 +23,8 @@ PAIR_SUFFIXES = (".tsv", ".csv", ".jsonl")
 
 # the default recipe's share of the dev file to train on; benchmarks compare models on the rest
 DEV_TRAIN_SPLIT = 0.5
+# the share of every training file (by ``text_a`` hash) the default recipe never trains on
+HOLDOUT = 0.1
 
 
 def pair_files(data_dir: Path) -> list[Path]:
@@ -57,7 +59,7 @@ def default_settings(data_dir: Path, out: Path, budget_s: float, **overrides: An
         "train": train_files,
         "dev": dev,
         "out": out,
-        "holdout": 0.1,
+        "holdout": HOLDOUT,
         "arch": "transformer",
         "deadline_s": budget_s,
         "lr": 5e-5,
@@ -87,3 +89,38 @@ def build_default(data_dir: Path, out: Path, budget_s: float, *, device: str, pr
     else:
         train(default_settings(data_dir, out, budget_s, device=device), progress=progress)
     log.info("default_model_built", out=str(out), minutes=round((time.monotonic() - tick) / 60, 1))
+
+
+PairSet = tuple[str, list[str], list[str], list[int]]
+"""``(name, text_a, text_b, labels)``: a labelled pair set, for checks that compare models."""
+
+
+def held_out_sets(data_dir: Path, max_pairs: int | None) -> list[PairSet]:
+    """Labelled pairs no default model trained on, from the files the recipe uses: the untrained half
+    of the dev file and the held-out tenth of each training file (a fixed sample of ``max_pairs`` each;
+    absent files and one-label sets left out)."""
+    train_files, dev = find_pair_files(data_dir) if data_dir.is_dir() else ([], None)
+    chosen = [(f"{dev.parent.name} dev (untrained half)", dev, 1.0 - DEV_TRAIN_SPLIT)] if dev else []
+    chosen += [(f"{path.parent.name} (held-out tenth)", path, HOLDOUT) for path in train_files]
+    return _sets(chosen, max_pairs)
+
+
+def other_dev_sets(data_dir: Path, max_pairs: int | None) -> list[PairSet]:
+    """The dev files the recipe does not use at all (``paws/dev.tsv`` beside ``qqp/dev.tsv``), whole."""
+    _, dev = find_pair_files(data_dir) if data_dir.is_dir() else ([], None)
+    others = [p for p in pair_files(data_dir) if p.stem.lower() == "dev" and p != dev] if dev else []
+    return _sets([(f"{path.parent.name} dev", path, 1.0) for path in others], max_pairs)
+
+
+def _sets(chosen: list[tuple[str, Path, float]], max_pairs: int | None) -> list[PairSet]:
+    from trainer.data import read_pairs
+    from trainer.splits import is_held_out, sample_pairs
+
+    sets = []
+    for name, path, fraction in chosen:
+        pairs = sample_pairs([p for p in read_pairs(path)[0] if is_held_out(p, fraction)], max_pairs)
+        if pairs and len({p.label for p in pairs}) == 2:  # average precision needs both labels
+            sets.append(
+                (name, [p.text_a for p in pairs], [p.text_b for p in pairs], [p.label for p in pairs])
+            )
+    return sets

@@ -175,7 +175,7 @@ def write(
     if verifier is not None and chosen.band is not None and chosen.verifier is not None:
         weights = save(state_tensors(verifier), metadata={"format": "pt"})
         extra[VERIFIER_WEIGHTS] = weights
-        extra[VERIFIER_CONFIG] = verifier.bert.config.to_json_string(use_diff=False)
+        extra[VERIFIER_CONFIG] = verifier.bert.config.to_json()
         section = VerifierSection(
             version=verifier_version(weights),
             layers=int(verifier.bert.config.num_hidden_layers),

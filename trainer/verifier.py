@@ -112,10 +112,10 @@ def training_pairs(
 
 def from_encoder(encoder: TransformerEncoder, layers: int) -> PairClassifier:
     """A pair classifier whose BERT is the encoder's first ``layers`` layers (and its embeddings)."""
-    import copy
+    import dataclasses
 
-    config = copy.deepcopy(encoder.bert.config)
-    config.num_hidden_layers = min(layers, config.num_hidden_layers)
+    config = encoder.bert.config
+    config = dataclasses.replace(config, num_hidden_layers=min(layers, config.num_hidden_layers))
     model = PairClassifier(config)
     state = {
         name: tensor

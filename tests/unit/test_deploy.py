@@ -83,7 +83,7 @@ def test_dockerfile_runs_the_worker_as_a_non_root_user(name: str) -> None:
 @pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
 def test_dockerfile_installs_against_the_lock_file(name: str) -> None:
     runs = " ".join(args for word, args in instructions(DEPLOY / name) if word == "RUN")
-    assert "pip install -c requirements.lock ." in runs
+    assert re.search(r"pip install -c requirements\.lock (\.|\"\.\[onnx\]\")", runs)
     assert "torch==" in runs
     ignore = (DEPLOY / f"{name}.dockerignore").read_text()
     assert "*" in ignore.splitlines()  # the context is only what the image copies: no .venv, no data
@@ -95,6 +95,7 @@ def test_cpu_image_is_slim_and_takes_torch_from_the_cpu_index() -> None:
     assert ("ARG", "PYTHON_IMAGE=python:3.11-slim") in steps
     runs = " ".join(args for word, args in steps if word == "RUN")
     assert "--index-url https://download.pytorch.org/whl/cpu" in runs
+    assert '".[onnx]"' in runs  # the int8 model's runtime: CPU workers run models/int8
 
 
 def test_gpu_image_runs_on_a_cuda_base() -> None:

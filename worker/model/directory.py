@@ -108,11 +108,11 @@ def build_module(manifest: Manifest, root: Path) -> nn.Module:
         _expect_shape(root, shapes, "embedding.weight", (params.vocab_size, params.embedding_dim))
         _expect_shape(root, shapes, "projection.weight", (manifest.dim, 4 * params.hidden_size))
         return BiLSTMEncoder(params, manifest.dim, manifest.pad_token_id)
-    from transformers import BertConfig
+    from worker.model.bert import BertConfig
 
     try:
-        config = BertConfig.from_json_file(str(required_file(root, CONFIG_FILE)))
-    except (ValueError, OSError) as error:
+        config = BertConfig.from_json_file(required_file(root, CONFIG_FILE))
+    except (ValueError, TypeError, OSError) as error:
         raise ModelFormatError(f"{root}: {CONFIG_FILE} is not a BERT configuration: {error}") from error
     if config.hidden_size != manifest.dim:
         raise ModelFormatError(f"{root}: config.json hidden_size {config.hidden_size} != dim {manifest.dim}")
@@ -171,32 +171,51 @@ def load_model_dir(path: Path) -> tuple[Manifest, nn.Module, Tokenizer]:
     weights, and ``FileNotFoundError`` when there is no directory at all.
     """
     from safetensors.torch import load_file
-    from tokenizers import Tokenizer
-
-    from worker.model.tokenizer import configure_tokenizer
 
     root = check_model_dir(path)
     manifest = read_manifest(root)
-    weights = required_file(root, WEIGHTS_FILE)
-    expected = model_version(manifest.architecture, weights)
-    if manifest.version != expected:
-        raise ModelFormatError(f"{path}: manifest version {manifest.version!r} does not match the weights")
+    if manifest.precision != "float32":
+        raise ModelFormatError(f"{path}: a {manifest.precision} model runs in ONNX Runtime, not torch")
+    weights = checked_weights(root, manifest)
     module = build_module(manifest, root)
     try:
         module.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
     except (RuntimeError, OSError) as error:
         raise ModelFormatError(f"{path}: weights do not fit a {manifest.architecture}: {error}") from error
     module.eval()
+    return manifest, module, load_tokenizer(root, manifest)
+
+
+def quantized_version(architecture: str, weights_file: Path) -> str:
+    """``<architecture>-int8-<12 hex>``: a quantised copy's vectors are its own space."""
+    return f"{architecture}-int8-{file_sha256(weights_file)[:12]}"
+
+
+def checked_weights(root: Path, manifest: Manifest) -> Path:
+    """The weights file, once the manifest's version is found to name exactly these weights."""
+    weights = required_file(root, manifest.weights_file)
+    make = quantized_version if manifest.precision == "int8" else model_version
+    if manifest.version != make(manifest.architecture, weights):
+        raise ModelFormatError(f"{root}: manifest version {manifest.version!r} does not match the weights")
+    return weights
+
+
+def load_tokenizer(root: Path, manifest: Manifest) -> Tokenizer:
+    """The directory's tokenizer, truncating at ``max_tokens``, checked against the model's vocabulary."""
+    from tokenizers import Tokenizer
+
+    from worker.model.tokenizer import configure_tokenizer
+
     try:
         tokenizer = Tokenizer.from_file(str(required_file(root, TOKENIZER_FILE)))
     except Exception as error:  # tokenizers raises a bare Exception on malformed JSON
-        raise ModelFormatError(f"{path}: {TOKENIZER_FILE} is not a tokenizers file: {error}") from error
+        raise ModelFormatError(f"{root}: {TOKENIZER_FILE} is not a tokenizers file: {error}") from error
     if tokenizer.get_vocab_size() > manifest.hyperparameters.vocab_size:
         raise ModelFormatError(
-            f"{path}: the tokenizer has {tokenizer.get_vocab_size()} tokens, the model's vocabulary"
+            f"{root}: the tokenizer has {tokenizer.get_vocab_size()} tokens, the model's vocabulary"
             f" {manifest.hyperparameters.vocab_size}: token ids would index past its embeddings"
         )
-    return manifest, module, configure_tokenizer(tokenizer, manifest.max_tokens)
+    return configure_tokenizer(tokenizer, manifest.max_tokens)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,14 +260,14 @@ def save_model_dir(
         (staging / MANIFEST_FILE).write_text(final.model_dump_json(indent=2) + "\n", encoding="utf-8")
         for file in staging.iterdir():
             file.chmod(0o644)  # safetensors writes 0600; a worker under another user must read it
-        _replace_dir(staging, path)
+        replace_dir(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
 
 
-def _replace_dir(staging: Path, path: Path) -> None:
+def replace_dir(staging: Path, path: Path) -> None:
     """Move ``staging`` to ``path``; an old directory there is moved aside first and removed after."""
     if path.exists() or path.is_symlink():
         old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"

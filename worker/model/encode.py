@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 
@@ -22,6 +22,8 @@ from worker.model.tokenizer import UNK_TOKEN
 if TYPE_CHECKING:
     import torch
     from tokenizers import Tokenizer
+
+    from worker.model.onnx import OnnxEncoder
 
 
 def pick_device(device: str) -> str:
@@ -180,21 +182,29 @@ class TorchEncoder:
         )
 
     def known(self, texts: Sequence[str]) -> list[bool]:
-        """Whether each text has a token other than ``[UNK]`` and the special tokens (tokenising only)."""
-        unknown = self.tokenizer.token_to_id(getattr(self.tokenizer.model, "unk_token", UNK_TOKEN))
-        special = set(self.tokenizer.encode("").ids)  # what the post-processor adds: [CLS], [SEP]
-        special |= {int(i) for i in self.tokenizer.get_added_tokens_decoder()}
-        rows = self.tokenizer.encode_batch(clip_for_tokenizer(texts, self.tokenizer))
-        return [any(i != unknown and i not in special for i in row.ids) for row in rows]
+        return known_texts(self.tokenizer, texts)
 
     def health(self) -> bool:
         """One tiny forward pass: the model runs on its device and gives a finite unit vector."""
-        probe = self.embed(["health check"])
-        return bool(
-            probe.shape == (1, self.dim)
-            and np.isfinite(probe).all()
-            and abs(float(np.linalg.norm(probe[0])) - 1.0) < 1e-3
-        )
+        return is_unit_probe(self.embed(["health check"]), self.dim)
+
+
+def known_texts(tokenizer: Tokenizer, texts: Sequence[str]) -> list[bool]:
+    """Whether each text has a token other than ``[UNK]`` and the special tokens (tokenising only)."""
+    unknown = tokenizer.token_to_id(getattr(tokenizer.model, "unk_token", UNK_TOKEN))
+    special = set(tokenizer.encode("").ids)  # what the post-processor adds: [CLS], [SEP]
+    special |= {int(i) for i in tokenizer.get_added_tokens_decoder()}
+    rows = tokenizer.encode_batch(clip_for_tokenizer(texts, tokenizer))
+    return [any(i != unknown and i not in special for i in row.ids) for row in rows]
+
+
+def is_unit_probe(probe: np.ndarray, dim: int) -> bool:
+    """A health probe's vector: one finite row of the model's width and unit length."""
+    return bool(
+        probe.shape == (1, dim)
+        and np.isfinite(probe).all()
+        and abs(float(np.linalg.norm(probe[0])) - 1.0) < 1e-3
+    )
 
 
 def limit_kernel_cache(capacity: int) -> None:
@@ -209,6 +219,26 @@ def limit_kernel_cache(capacity: int) -> None:
 
 def load_encoder(
     path: str | Path, device: str = "auto", max_batch_tokens: int = 16384, max_batch_size: int = 128
-) -> TorchEncoder:
-    """The worker's entry point: a ``TorchEncoder`` for a model directory."""
+) -> DirectoryEncoder:
+    """The worker's and the trainer's entry point: the encoder a model directory's manifest asks for,
+    importing only what it needs (a ``StaticEncoder`` for a static model and an ``OnnxEncoder`` for an
+    int8 one never import torch; a ``TorchEncoder`` otherwise)."""
+    from worker.model.directory import read_manifest
+
+    manifest = read_manifest(Path(path))
+    if manifest.architecture == "static":
+        from worker.model.static import load_static
+
+        return load_static(path)
+    if manifest.precision == "int8":
+        from worker.model.onnx import OnnxEncoder
+
+        return OnnxEncoder(path, device, max_batch_tokens, max_batch_size)
     return TorchEncoder(path, device, max_batch_tokens, max_batch_size)
+
+
+if TYPE_CHECKING:
+    from worker.model.static import StaticEncoder
+
+    # What ``load_encoder`` gives: each has ``manifest``, ``root``, ``tokenizer`` and the ``Encoder`` port.
+    DirectoryEncoder: TypeAlias = TorchEncoder | OnnxEncoder | StaticEncoder

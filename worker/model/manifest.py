@@ -7,10 +7,13 @@ A model directory holds exactly these files, and loading reads nothing else::
     model.safetensors  the weights (safetensors only: loading never unpickles)
     tokenizer.json     a Hugging Face ``tokenizers`` tokenizer (both architectures)
     config.json        the BERT config (``transformer`` only)
+    model.onnx         instead of the safetensors, for ``precision: int8``: the transformer quantised
+                       to int8 and run by ONNX Runtime (``trainer quantize``; ``worker.model.onnx``)
 
 Other files (a report, plots) may sit beside them (``worker.model.directory`` checks what may). The
-model version is ``<architecture>-<first 12 hex digits of the weights' sha256>``; the loader checks it
-against the weights, so a version stamped on a flag or an index names exactly one vector space.
+model version is ``<architecture>-<first 12 hex digits of the weights' sha256>`` (``<architecture>-int8-…``
+for a quantised copy, whose vectors differ slightly and so belong in their own collection); the loader
+checks it against the weights, so a version stamped on a flag or an index names exactly one vector space.
 
 Reading a pair file or a manifest must not cost a torch import: the trainer's data code, the worker's
 settings command and the benches read manifests, only loading a module needs torch.
@@ -32,15 +35,18 @@ MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "config.json"
+ONNX_FILE = "model.onnx"
 # Formats that can carry a pickle (torch.save, joblib, numpy object arrays): refused by suffix.
 PICKLE_SUFFIXES = frozenset(
     {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz", ".dill", ".h5"}
 )
 # Everything else that may sit in a model directory; any other suffix is refused too, so a pickle under
 # a name nobody thought of (``weights.model``) cannot slip through.
-ALLOWED_SUFFIXES = frozenset({".json", ".safetensors", ".md", ".png", ".txt"})
+# An ONNX file is a protobuf graph of standard operators: ONNX Runtime loads it without running code.
+ALLOWED_SUFFIXES = frozenset({".json", ".safetensors", ".onnx", ".md", ".png", ".txt"})
 
 Architecture = Literal["transformer", "bilstm", "static"]
+Precision = Literal["float32", "int8"]
 
 
 class ModelFormatError(TwinflagError):
@@ -221,6 +227,11 @@ class Manifest(_Frozen):
         gt=0, le=MAX_TOKENS, description="Longer texts are truncated to this many tokens, not rejected."
     )
     normalize: Literal[True] = True
+    precision: Precision = Field(
+        default="float32",
+        description="float32: model.safetensors run by torch; int8: model.onnx (dynamic int8, per-channel "
+        "weights) run by ONNX Runtime.",
+    )
     pooling: Literal["mean", "mean_max"]
     pad_token_id: int = Field(default=0, ge=0)
     thresholds: Thresholds
@@ -240,6 +251,8 @@ class Manifest(_Frozen):
     def _consistent(self) -> Manifest:
         if self.hyperparameters.kind != self.architecture:
             raise ValueError(f"hyperparameters are for {self.hyperparameters.kind}, not {self.architecture}")
+        if self.precision == "int8" and self.architecture != "transformer":
+            raise ValueError("only the transformer has an int8 form")
         if self.architecture == "transformer" and self.pooling != "mean":
             raise ValueError("the transformer encoder pools by mean")
         if self.architecture == "bilstm" and self.pooling != "mean_max":
@@ -253,6 +266,11 @@ class Manifest(_Frozen):
         if isinstance(params, TransformerParams) and params.hidden_size != self.dim:
             raise ValueError(f"dim {self.dim} != hidden_size {params.hidden_size}")
         return self
+
+    @property
+    def weights_file(self) -> str:
+        """The file that holds the weights: the one the version hashes and the loader reads."""
+        return ONNX_FILE if self.precision == "int8" else WEIGHTS_FILE
 
 
 def calibrated_policy(

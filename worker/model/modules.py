@@ -9,17 +9,14 @@ Siamese encoder, for CPU-only deployments).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from worker.model.bert import BertConfig, BertModel
 from worker.model.manifest import BiLSTMParams
-
-if TYPE_CHECKING:
-    from transformers import BertConfig
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -33,12 +30,10 @@ class TransformerEncoder(nn.Module):
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        from transformers import BertModel  # heavy import, only for this architecture
-
-        self.bert = BertModel(config, add_pooling_layer=False)
+        self.bert = BertModel(config)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.bert(input_ids, attention_mask)
         return F.normalize(mean_pool(hidden, attention_mask).float(), dim=-1)
 
 

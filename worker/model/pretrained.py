@@ -57,7 +57,7 @@ def from_sentence_transformer(
     ``harden`` adds ``harden_normalizer``'s fold to the tokenizer (embeddings of ordinary text are
     unchanged: they equal sentence-transformers' own).
     """
-    from transformers import BertConfig
+    from worker.model.bert import BertConfig
 
     root = Path(path)
     modules_file = root / "modules.json"
@@ -73,9 +73,10 @@ def from_sentence_transformer(
         if not pooling.get("pooling_mode_mean_tokens") or others:
             raise ModelFormatError(f"{root}: only mean pooling is supported (got {others or 'none'})")
     config_file = required_file(root, CONFIG_FILE)
-    config = BertConfig.from_json_file(str(config_file))
-    if config.model_type != "bert":
-        raise ModelFormatError(f"{root}: model_type {config.model_type!r} is not bert")
+    try:
+        config = BertConfig.from_json_file(config_file)
+    except (ValueError, TypeError) as error:
+        raise ModelFormatError(f"{root}: config.json is not a BERT this worker runs: {error}") from error
     module = TransformerEncoder(config)
     tensors = load_file(str(required_file(root, WEIGHTS_FILE)), device="cpu")
     tensors = {k.removeprefix("0.auto_model.").removeprefix("bert."): v for k, v in tensors.items()}
@@ -101,7 +102,7 @@ def from_sentence_transformer(
         intermediate_size=config.intermediate_size,
         vocab_size=config.vocab_size,
     )
-    config_json = config.to_json_string(use_diff=False)
+    config_json = config.to_json()
     return PretrainedParts(module, tokenizer, params, config_json, limit, _base_name(root))
 
 

@@ -13,19 +13,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 from torch import nn
 
+from worker.model.bert import BertConfig, BertModel
 from worker.model.encode import pick_device, token_batches
 from worker.model.manifest import ModelFormatError, VerifierSection
 from worker.model.modules import mean_pool, pad_batch
-
-if TYPE_CHECKING:
-    from transformers import BertConfig
 
 VERIFIER_WEIGHTS = "verifier.safetensors"
 VERIFIER_CONFIG = "verifier_config.json"
@@ -38,17 +35,13 @@ class PairClassifier(nn.Module):
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        from transformers import BertModel
-
-        self.bert = BertModel(config, add_pooling_layer=False)
+        self.bert = BertModel(config)
         self.head = nn.Linear(config.hidden_size, 1)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
     ) -> torch.Tensor:
-        hidden = self.bert(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).last_hidden_state
+        hidden = self.bert(input_ids, attention_mask, token_type_ids)
         logits: torch.Tensor = self.head(mean_pool(hidden, attention_mask).float()).squeeze(-1)
         return logits
 
@@ -127,14 +120,18 @@ class TorchVerifier:
         device: str = "auto",
     ) -> None:
         from safetensors.torch import load_file
-        from transformers import BertConfig
 
         from worker.model.directory import required_file
 
         weights = required_file(root, VERIFIER_WEIGHTS)
         if verifier_version(weights.read_bytes()) != section.version:
             raise ModelFormatError(f"{root}: verifier version {section.version!r} does not match its weights")
-        config = BertConfig.from_json_file(str(required_file(root, VERIFIER_CONFIG)))
+        try:
+            config = BertConfig.from_json_file(required_file(root, VERIFIER_CONFIG))
+        except (ValueError, TypeError, OSError) as error:
+            raise ModelFormatError(
+                f"{root}: {VERIFIER_CONFIG} is not a BERT configuration: {error}"
+            ) from error
         if config.num_hidden_layers != section.layers or config.vocab_size < tokenizer.get_vocab_size():
             raise ModelFormatError(f"{root}: {VERIFIER_CONFIG} does not fit the manifest's verifier section")
         self.device = pick_device(device)

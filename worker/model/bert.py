@@ -1,0 +1,229 @@
+"""BERT in plain torch: the encoder stack a model directory's weights were trained in, without importing
+``transformers``.
+
+Importing ``transformers`` cost the worker about 3.5 s of its start (on top of torch's 2 s) for one
+class. This is that class's inference and training path for the configurations twinflag runs (absolute
+positions, GELU, post-layer-norm: BERT and MiniLM), with the same parameter names, so
+``model.safetensors`` files written before load unchanged, and scaled-dot-product attention (the
+fused kernel on CPU and CUDA). Dropout follows the configuration in training mode, as in the original.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - the conventional alias
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """The fields of a BERT ``config.json`` the encoder needs; anything else in the file is ignored."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    hidden_act: str = "gelu"
+    position_embedding_type: str = "absolute"
+    pad_token_id: int = 0
+    model_type: str = "bert"
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of {self.num_attention_heads} heads"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
+        if self.position_embedding_type != "absolute":
+            raise ValueError(f"position_embedding_type {self.position_embedding_type!r} is not 'absolute'")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> BertConfig:
+        known = {field.name for field in fields(cls)}
+        missing = [name for name in ("vocab_size", "hidden_size", "num_hidden_layers") if name not in values]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        return cls(**{name: value for name, value in values.items() if name in known and value is not None})
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> BertConfig:
+        """Read a ``config.json``; ``ValueError`` when it is not a BERT configuration this class runs."""
+        try:
+            values = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not JSON: {error}") from error
+        if not isinstance(values, dict):
+            raise ValueError("not a JSON object")
+        if values.get("model_type", "bert") != "bert":
+            raise ValueError(f"model_type {values.get('model_type')!r} is not 'bert'")
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
+    def to_json(self) -> str:
+        """``config.json`` text that this class and ``transformers`` both read."""
+        return json.dumps({"architectures": ["BertModel"], **self.to_dict()}, indent=2, sort_keys=True) + "\n"
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "gelu_new": _gelu_tanh,
+}
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(
+            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
+        )
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        embedded = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+        if token_type_ids is None:
+            embedded = embedded + self.token_type_embeddings.weight[0]
+        else:
+            embedded = embedded + self.token_type_embeddings(token_type_ids)
+        out: torch.Tensor = self.dropout(self.LayerNorm(embedded))
+        return out
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.heads = config.num_attention_heads
+        self.head_width = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        n, length, width = hidden.shape
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.view(n, length, self.heads, self.head_width).transpose(1, 2)
+
+        context = F.scaled_dot_product_attention(
+            split(self.query(hidden)),
+            split(self.key(hidden)),
+            split(self.value(hidden)),
+            attn_mask=bias,
+            dropout_p=self.dropout_p if self.training else 0.0,
+            scale=1.0 / math.sqrt(self.head_width),
+        )
+        return context.transpose(1, 2).reshape(n, length, width)
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
+        return out
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.output(self.self(hidden, bias), hidden)
+        return out
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation = ACTIVATIONS[config.hidden_act]
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.activation(self.dense(hidden))
+        return out
+
+
+class BertOutput(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
+        return out
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        attended = self.attention(hidden, bias)
+        out: torch.Tensor = self.output(self.intermediate(attended), attended)
+        return out
+
+
+class BertEncoderStack(nn.Module):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+
+class BertModel(nn.Module):
+    """Embeddings and the layer stack; ``forward`` gives the last hidden states ``(n, length, width)``."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoderStack(config)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        hidden: torch.Tensor = self.embeddings(input_ids, token_type_ids)
+        # Which keys each query may attend to, broadcast over heads and queries (boolean, so it fits
+        # whatever dtype autocast gives the attention).
+        keep = (attention_mask != 0)[:, None, None, :]
+        for layer in self.encoder.layer:
+            hidden = layer(hidden, keep)
+        return hidden
