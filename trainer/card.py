@@ -116,3 +116,130 @@ def training_record(
         "history": [dict(h) for h in state.history],
         "wall_s": round(wall_s, 1),
     }
+
+
+# The terms of the public pair sets the default recipe trains on (../shared/data/README.md), by folder.
+DATA_TERMS = {
+    "qqp": "Quora Question Pairs: non-commercial use only, under Quora's terms",
+    "mrpc": "Microsoft Research Paraphrase Corpus: Microsoft Research Shared Source licence (research use)",
+    "twitter": "Twitter paraphrase corpus (Lan et al., 2017): tweet text, research use",
+    "paws": "PAWS-Wiki: any purpose, with acknowledgement (Zhang, Baldridge and He, 2019)",
+}
+UNKNOWN_TERMS = "your own pairs: their terms apply"
+
+
+def data_terms(name: str) -> str:
+    """The terms a pair file's data comes under, from the folder it sits in."""
+    return DATA_TERMS.get(Path(name).parent.name.lower(), UNKNOWN_TERMS)
+
+
+def model_readme(manifest: Manifest) -> str:
+    """``README.md`` of a model directory (a model card): what it is for, what it inherits from its data,
+    how well it does and at which threshold, how to use it and how to make it again. From the manifest
+    alone, so the card never disagrees with what the worker loads."""
+    terms = sorted(
+        {data_terms(f.name) for f in [*manifest.training_data, *filter(None, [manifest.dev_data])]}
+    )
+    restricted = any("non-commercial" in t or "research use" in t for t in terms)
+    thresholds = manifest.thresholds
+    lines = [
+        "---",
+        f"license: {'other' if restricted or not terms else 'apache-2.0'}",
+        "library_name: sentence-transformers"
+        if manifest.architecture == "transformer"
+        else "library_name: twinflag",
+        "pipeline_tag: sentence-similarity",
+        "tags: [twinflag, near-duplicate-detection, sentence-similarity]",
+        *([f"base_model: {manifest.base_model}"] if manifest.base_model else []),
+        "---",
+        "",
+        f"# twinflag model `{manifest.version}`",
+        "",
+        f"A twin (Siamese) {manifest.architecture} encoder for near-duplicate detection of short posts,",
+        "written by twinflag's trainer. One set of weights embeds both posts of a pair; the cosine of two",
+        "embeddings says how likely the later post repeats the earlier one.",
+        "",
+        "## Intended use",
+        "",
+        "Flagging reposts (exact copies and copies with spam-style edits: typos, casing, emoji, links,",
+        "homoglyphs, zero-width characters, dropped words) for human moderators, with",
+        "`python -m worker run` (a Kafka stream) or `python -m worker scan` (a file). It is not a judge of",
+        "meaning: rewrites in other words are often missed, and look-alikes that change one fact can score",
+        "like edits. Keep a person in the loop for anything a flag removes.",
+        "",
+        "## Licence and data",
+        "",
+    ]
+    if restricted:
+        lines += [
+            "**The training data restrict use of this model**: it inherits the most restrictive terms below",
+            "(the code is Apache-2.0; the weights are not). Train on your own pairs for other uses.",
+            "",
+        ]
+    lines += ["| file | rows used | sha256 | terms |", "|---|---|---|---|"]
+    for data in manifest.training_data:
+        used = data.used_rows if data.used_rows is not None else data.rows
+        lines.append(
+            f"| `{data.name}` | {used} of {data.rows} | `{data.sha256[:12]}` | {data_terms(data.name)} |"
+        )
+    if manifest.dev_data is not None:
+        dev = manifest.dev_data
+        lines.append(f"| `{dev.name}` (dev) | {dev.rows} | `{dev.sha256[:12]}` | {data_terms(dev.name)} |")
+    if not manifest.training_data:
+        lines.append(f"| (none: {manifest.training.get('recipe', 'no training')}) | | | |")
+    lines += [
+        "",
+        f"Base model: {manifest.base_model or 'none (trained from scratch)'}"
+        + (" (Apache-2.0)." if manifest.base_model and "all-MiniLM" in manifest.base_model else "."),
+        "",
+        "## Decision",
+        "",
+        f"The worker flags a post when its cosine to an earlier post is at least {thresholds.decision:.4f}"
+        + (f", chosen for precision {thresholds.target_precision}" if thresholds.target_precision else "")
+        + (f" on {thresholds.calibrated_on}" if thresholds.calibrated_on else " (uncalibrated)")
+        + ".",
+    ]
+    if thresholds.precision is not None and thresholds.recall is not None:
+        lines.append(f"There: precision {thresholds.precision:.3f}, recall {thresholds.recall:.3f}.")
+    if thresholds.best_f1 is not None and thresholds.best_f1_threshold is not None:
+        lines.append(f"Best F1 {thresholds.best_f1:.3f} at {thresholds.best_f1_threshold:.4f}.")
+    if manifest.stream is not None:
+        lines.append(
+            f"A calibrated decision is shipped too (decision point {manifest.stream.point} on"
+            f" {manifest.stream.calibrated_on}): flags carry a probability."
+        )
+    if manifest.dev_metrics:
+        lines += ["", "## Metrics (dev)", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {name} | {value:.4f} |" for name, value in sorted(manifest.dev_metrics.items())]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```",
+        "TWINFLAG_MODEL__PATH=<this directory> python -m worker run",
+        "python -m worker scan --model <this directory> --input posts.jsonl --output flags.jsonl",
+        "```",
+    ]
+    if manifest.architecture == "transformer" and manifest.precision == "float32":
+        lines += [
+            "",
+            "It is also a sentence-transformers directory: `SentenceTransformer('<dir>').encode(texts)`",
+            f"gives the worker's vectors (mean pooling, L2-normalised, {manifest.max_tokens} tokens). The",
+            "text folds (NFKC, homoglyphs, zero-width characters) are in `tokenizer.json`'s normaliser,",
+            "so any caller that loads it with `tokenizers` or sentence-transformers applies them.",
+        ]
+    lines += [
+        "",
+        "## Reproduce",
+        "",
+        f"Made by twinflag {manifest.code_version or '(unknown version)'} on {manifest.created_at:%Y-%m-%d}.",
+        "The default model: `make model` (then `make verifier`, `make int8`, `make fast` for its other",
+        "forms); the recipe as run is the manifest's `training` section"
+        + (
+            f" (loss {manifest.training['loss']}, {manifest.training.get('steps')} steps)."
+            if "loss" in manifest.training
+            else "."
+        ),
+        "",
+    ]
+    return "\n".join(lines)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from trainer.card import ZERO_SHOT, model_card
+from trainer.card import ZERO_SHOT, model_card, model_readme
 from trainer.data import read_pairs
 from trainer.evaluate import DEFAULT_THRESHOLD, calibrate, score_pairs
 from trainer.splits import sample_pairs
@@ -68,7 +68,9 @@ def export_pretrained(
         dev_metrics=dev_metrics,
         training=ZERO_SHOT,
     )
-    final = save_model_dir(out, manifest, parts.module, parts.tokenizer, {CONFIG_FILE: parts.config_json})
+    final = save_model_dir(
+        out, manifest, parts.module, parts.tokenizer, {CONFIG_FILE: parts.config_json}, readme=model_readme
+    )
     log.info(
         "model_exported",
         out=str(out),

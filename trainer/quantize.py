@@ -25,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.card import model_readme
 from trainer.recipes import PairSet
 from worker.core.logs import get_logger
 from worker.model.directory import (
+    README_FILE,
     check_model_dir,
     quantized_version,
     read_manifest,
@@ -150,6 +152,7 @@ def quantize(
             }
         )
         (staging / MANIFEST_FILE).write_text(final.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        (staging / README_FILE).write_text(model_readme(final), encoding="utf-8")
         for file in staging.iterdir():
             file.chmod(0o644)
         checks = [_check(root, staging, *row) for row in check_sets]

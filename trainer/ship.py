@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from trainer.card import code_version
+from trainer.card import code_version, model_readme
 from trainer.data import Pair, read_pairs
 from trainer.facts import proper_names
 from trainer.recipes import pair_files
@@ -201,7 +201,7 @@ def write(
     updated = manifest.model_copy(
         update={"stream": stream, "verifier": section, "code_version": code_version()}
     )
-    return save_model_dir(out, updated, module, tokenizer, extra)
+    return save_model_dir(out, updated, module, tokenizer, extra, readme=model_readme)
 
 
 def describe(manifest: Manifest) -> str:

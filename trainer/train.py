@@ -34,7 +34,7 @@ from tqdm import tqdm
 from trainer import schedule
 from trainer.augment import augment_batch
 from trainer.batches import build_training_set, group_by_source, labelled_pools, make_batches, pair_batch_for
-from trainer.card import model_card, training_record
+from trainer.card import model_card, model_readme, training_record
 from trainer.checkpoint import RunState, has_checkpoint, load_checkpoint, save_checkpoint, snapshot
 from trainer.losses import LOSSES
 from trainer.mine import mine_for_epoch
@@ -245,7 +245,9 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
         dev_metrics=metrics.as_dict() if metrics else {},
         training=training_record(settings, margin, state, plan.select_sets, time.monotonic() - started),
     )
-    final = save_model_dir(settings.out, manifest, module.cpu(), initial.tokenizer, initial.extra_files)
+    final = save_model_dir(
+        settings.out, manifest, module.cpu(), initial.tokenizer, initial.extra_files, readme=model_readme
+    )
     log.info(
         "model_written",
         out=str(settings.out),

@@ -107,6 +107,7 @@ def test_the_int8_copy_embeds_close_to_float32_under_its_own_version(int8_pair: 
     assert manifest["training"]["quantized_from"] == full.version
     assert manifest["thresholds"] == json.loads((model / "manifest.json").read_text())["thresholds"]
     assert sorted(p.name for p in int8.iterdir()) == [
+        "README.md",
         "config.json",
         "manifest.json",
         "model.onnx",

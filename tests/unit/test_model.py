@@ -364,6 +364,26 @@ def test_minilm_embeddings_equal_sentence_transformers(minilm_zero_shot: tuple[P
     assert manifest["thresholds"]["calibrated_on"] is None
 
 
+def test_a_model_directory_is_a_sentence_transformers_directory_that_embeds_as_the_worker(
+    minilm_zero_shot: tuple[Path, Path],
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    _, exported = minilm_zero_shot
+    texts = [
+        "ＦＲＥＥ iphone, click hеre",  # full-width letters and a Cyrillic е: the folds must run
+        "fr\u200bee mоnеy",  # zero-width space, Cyrillic о and е
+        "free iphone, click here",
+        "word " * 400,  # truncated at the manifest's max_tokens (256), not at BERT's 512
+    ]
+    model = SentenceTransformer(str(exported), device="cpu")
+    assert model.max_seq_length == 256
+    theirs = model.encode(texts, convert_to_numpy=True)
+    ours = TorchEncoder(exported, device="cpu").embed(texts)
+    np.testing.assert_allclose(theirs, ours, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(theirs, axis=1), 1.0, atol=1e-5)  # its Normalize module
+
+
 def test_the_worker_bounds_the_cpu_kernel_cache_before_it_loads_the_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,10 @@ from worker.model.manifest import (
     StaticParams,
     UnsafeModelError,
 )
+
+README_FILE = "README.md"
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+"""A file or folder name a model directory may hold: no separators, no leading dot or dash."""
 
 if TYPE_CHECKING:
     import torch
@@ -233,15 +238,24 @@ def save_model_dir(
     module: nn.Module,
     tokenizer: Tokenizer,
     extra_files: Mapping[str, str | bytes] | None = None,
+    readme: Callable[[Manifest], str] | None = None,
 ) -> Manifest:
     """Write a model directory atomically (temp dir beside it, then rename); return the final manifest.
 
     The version is computed here from the weights. ``extra_files`` (``config.json`` for the
-    transformer, a report) are plain names inside the directory; pickle-capable names are refused.
-    An existing directory at ``path`` is replaced only once the new one is complete.
+    transformer, a report) are names inside the directory, at most one folder deep; pickle-capable
+    names are refused. A transformer directory also gets the sentence-transformers layout
+    (``pretrained.sentence_transformers_layout``); ``readme`` writes ``README.md`` (the model card) from
+    the final manifest, version included. An existing directory at ``path`` is replaced only
+    once the new one is complete.
     """
     from safetensors.torch import save_file
 
+    files = dict(extra_files or {})
+    if manifest.architecture == "transformer":
+        from worker.model.pretrained import sentence_transformers_layout
+
+        files = {**sentence_transformers_layout(manifest, tokenizer), **files}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -252,14 +266,21 @@ def save_model_dir(
         final = manifest.model_copy(update={"version": model_version(manifest.architecture, weights)})
         final = Manifest.model_validate(final.model_dump())  # re-validate the updated copy
         tokenizer.save(str(staging / TOKENIZER_FILE))
-        for name, content in (extra_files or {}).items():
-            if Path(name).name != name or Path(name).suffix.lower() not in ALLOWED_SUFFIXES:
+        for name, content in files.items():
+            parts = Path(name).parts
+            if not 1 <= len(parts) <= 2 or any(not SAFE_NAME.fullmatch(part) for part in parts):
+                raise UnsafeModelError(f"refusing to write {name!r} into a model directory")
+            if Path(name).suffix.lower() not in ALLOWED_SUFFIXES:
                 raise UnsafeModelError(f"refusing to write {name!r} into a model directory")
             data = content.encode("utf-8") if isinstance(content, str) else content
+            (staging / name).parent.mkdir(exist_ok=True)
             (staging / name).write_bytes(data)
         (staging / MANIFEST_FILE).write_text(final.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        for file in staging.iterdir():
-            file.chmod(0o644)  # safetensors writes 0600; a worker under another user must read it
+        if readme is not None:
+            (staging / README_FILE).write_text(readme(final), encoding="utf-8")
+        for entry in staging.rglob("*"):
+            # safetensors writes 0600; a worker under another user must read it
+            entry.chmod(0o755 if entry.is_dir() else 0o644)
         replace_dir(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""Sentence-transformers directories (the base model) → the parts of a model directory.
+"""Sentence-transformers directories in (the base model → the parts of a model directory) and out (the
+files that let ``SentenceTransformer`` load a model directory).
 
 Reads only ``config.json``, ``model.safetensors``, ``tokenizer.json`` and the small JSON files that
 describe the pipeline; a ``pytorch_model.bin`` beside them is ignored, never loaded.
@@ -18,6 +19,7 @@ from worker.model.manifest import (
     CONFIG_FILE,
     TOKENIZER_FILE,
     WEIGHTS_FILE,
+    Manifest,
     ModelFormatError,
     TransformerParams,
 )
@@ -114,3 +116,51 @@ def _base_name(root: Path) -> str:
     except ImportError:
         pass
     return root.resolve().name
+
+
+SPECIAL_TOKENS = {
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "mask_token": "[MASK]",
+}
+
+
+def sentence_transformers_layout(manifest: Manifest, tokenizer: Tokenizer) -> dict[str, str]:
+    """The small files that make a transformer model directory a sentence-transformers one too.
+
+    ``SentenceTransformer(dir)`` then embeds exactly as the worker does: BERT, mean pooling, L2
+    normalisation, truncation at the manifest's ``max_tokens``, and the tokenizer's own normaliser with
+    its spam folds (NFKC, homoglyphs). ``tokenizer_config.json`` names the generic fast tokenizer on
+    purpose: ``BertTokenizerFast`` would rebuild a plain BERT normaliser and drop the folds.
+    """
+    vocab = tokenizer.get_vocab()
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    pooling = {
+        "word_embedding_dimension": manifest.dim,
+        "pooling_mode_mean_tokens": True,
+        "pooling_mode_cls_token": False,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": manifest.max_tokens,
+        **{name: token for name, token in SPECIAL_TOKENS.items() if token in vocab},
+    }
+    st_config = {"max_seq_length": manifest.max_tokens, "do_lower_case": False}
+    return {
+        "modules.json": _json(modules),
+        "sentence_bert_config.json": _json(st_config),
+        "1_Pooling/config.json": _json(pooling),
+        "tokenizer_config.json": _json(tokenizer_config),
+    }
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, indent=2) + "\n"
