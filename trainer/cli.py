@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic_settings import CliSettingsSource
 
-from trainer.data import DataError
+from trainer.data import Columns, DataError
 from trainer.recipes import DEFAULT_DATA_DIR
 from trainer.settings import TrainSettings
 from worker.core.logs import configure, get_logger
@@ -83,6 +83,12 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--model", type=Path, required=True, help="model directory")
         command.add_argument("--pairs", type=Path, required=True, help="pair file (label optional for score)")
         command.add_argument("--device", default="auto", choices=DEVICES)
+        command.add_argument(
+            "--columns",
+            type=Columns.parse,
+            help="the file's columns (JSON keys) for the two texts and the label: A,B[,LABEL]"
+            " (default: text_a,text_b,label, or GLUE, QQP and MRPC names)",
+        )
     evaluate = sub.choices["evaluate"]
     evaluate.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     evaluate.add_argument("--report", type=Path, help="write report.md and PNG plots into this directory")
@@ -181,9 +187,10 @@ def run(args: argparse.Namespace) -> None:
                 as_json=args.json,
                 report=args.report,
                 target_precision=args.target_precision,
+                columns=args.columns,
             )
         case "score":
-            commands.run_score(args.model, args.pairs, device=args.device)
+            commands.run_score(args.model, args.pairs, device=args.device, columns=args.columns)
         case "export":
             commands.run_export(
                 args.from_pretrained,

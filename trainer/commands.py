@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from trainer.data import Pair, read_pairs, read_rows
+from trainer.data import Columns, Pair, read_pairs, read_rows
 from trainer.evaluate import evaluate_scores, score_pairs
 from trainer.export import export_pretrained
 from trainer.recipes import build_default
@@ -80,12 +80,12 @@ def final_scores(
 
 
 def _encoder_scores(
-    model: Path, pairs_file: Path, device: str, max_pairs: int | None
+    model: Path, pairs_file: Path, device: str, max_pairs: int | None, columns: Columns | None
 ) -> tuple[DirectoryEncoder, list[Pair], NDArray[np.float64]]:
+    pairs, report = read_pairs(pairs_file, columns)  # the input is checked before the model loads
+    if report.bad_rows or report.columns is None or report.columns.label is None:
+        log.warning("pairs_read", **report.summary())
     encoder = load_encoder(model, device)
-    pairs, report = read_pairs(pairs_file)
-    if report.bad_rows:
-        log.warning("bad_rows_skipped", file=report.name, bad=dict(report.bad))
     pairs = sample_pairs(pairs, max_pairs)
     scores = final_scores(encoder, [p.text_a for p in pairs], [p.text_b for p in pairs], device)
     return encoder, pairs, scores
@@ -100,9 +100,10 @@ def run_evaluate(
     as_json: bool,
     report: Path | None,
     target_precision: float,
+    columns: Columns | None = None,
 ) -> None:
     """Metrics of a model on labelled pairs: a table, or one JSON object; a report page on request."""
-    encoder, pairs, scores = _encoder_scores(model, pairs_file, device, max_pairs)
+    encoder, pairs, scores = _encoder_scores(model, pairs_file, device, max_pairs, columns)
     labels = [p.label for p in pairs]
     metrics = evaluate_scores(scores, labels)
     if report is not None:
@@ -128,13 +129,13 @@ def run_evaluate(
         print(f"  recall at precision 0.99     {metrics.recall_at_p99:.4f}")
 
 
-def run_score(model: Path, pairs_file: Path, *, device: str) -> None:
+def run_score(model: Path, pairs_file: Path, *, device: str, columns: Columns | None = None) -> None:
     """One score per data row, in input order (``final_scores``: the cosine, or the calibrated
     probability of a model with a calibrated decision); ``nan`` for a row that cannot be read (logged)."""
-    encoder = load_encoder(model, device)
-    rows, report = read_rows(pairs_file, allow_empty=True)
+    rows, report = read_rows(pairs_file, allow_empty=True, columns=columns)
     if report.bad_rows:
-        log.warning("unreadable_rows_scored_nan", file=report.name, bad=dict(report.bad))
+        log.warning("unreadable_rows_scored_nan", **report.summary())
+    encoder = load_encoder(model, device)
     good = [row for row in rows if row is not None]
     scores = iter(final_scores(encoder, [p.text_a for p in good], [p.text_b for p in good], device).tolist())
     sys.stdout.write("".join("nan\n" if row is None else f"{next(scores):.6f}\n" for row in rows))

@@ -45,6 +45,11 @@ class TrainSettings(BaseSettings):
     # data
     train: list[Path] = Field(default_factory=list, description="Pair files to train on (tsv/csv/jsonl).")
     dev: Path | None = Field(default=None, description="Pair file for model selection and threshold.")
+    columns: str | None = Field(
+        default=None,
+        description="Columns (JSON keys) of the texts and the label in every pair file: A,B[,LABEL] "
+        "(default: text_a,text_b,label, or the GLUE, QQP and MRPC names).",
+    )
     holdout: float = Field(
         default=0.0, ge=0, lt=1, description="Fraction of each training file held out (by text_a hash)."
     )

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.data import FileReport, Pair, read_pairs
+from trainer.data import Columns, FileReport, Pair, read_pairs
 from trainer.settings import TrainSettings
 from worker.core.logs import get_logger
 
@@ -105,8 +105,9 @@ def read_training_files(
     reports: list[FileReport] = []
     sources: list[int] = []
     selection: dict[str, list[Pair]] = {}
+    columns = Columns.parse(settings.columns) if settings.columns else None
     for number, path in enumerate(settings.train):
-        more, report = read_pairs(path)
+        more, report = read_pairs(path, columns)
         kept, _ = split_holdout(more, settings.holdout)
         if settings.select_split > 0:
             kept, chosen = split_selection(kept, settings.holdout, settings.select_split)
@@ -116,14 +117,7 @@ def read_training_files(
         pairs += kept
         sources += [number] * len(kept)
         reports.append(report)
-        log.info(
-            "pairs_read",
-            file=report.name,
-            rows=report.rows,
-            bad_rows=report.bad_rows,
-            bad=dict(report.bad),
-            used=len(kept),
-        )
+        log.info("pairs_read", **report.summary(), used=len(kept))
     return pairs, reports, sources, selection
 
 
@@ -135,7 +129,9 @@ def plan_data(settings: TrainSettings) -> DataPlan:
     dev_pairs: list[Pair] = []
     dev_report: FileReport | None = None
     if settings.dev is not None:
-        dev_pairs, dev_report = read_pairs(settings.dev)
+        dev_pairs, dev_report = read_pairs(
+            settings.dev, Columns.parse(settings.columns) if settings.columns else None
+        )
         if settings.dev_train_split > 0:
             trained, dev_pairs = split_dev(dev_pairs, settings.dev_train_split)
             pairs += trained

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from trainer.batches import build_training_set, clusters_of, group_by_source, labelled_pools, make_batches
-from trainer.data import DataError, Pair, load_pairs, read_pairs, read_rows
+from trainer.data import Columns, DataError, Pair, load_pairs, read_pairs, read_rows
 from trainer.losses import negative_mask
 from trainer.splits import split_dev, split_holdout, split_selection
 
@@ -32,14 +32,13 @@ def test_tsv_bad_rows_are_counted_by_reason(tmp_path: Path) -> None:
         '"unclosed quote\tb\t1\n'  # broken quoting
         "a\tb\tmaybe\n"  # bad label
         "a\tb\t1\textra\n"  # extra column
-        "no label given\tstill a pair\t\n"  # empty label means duplicate
+        "no label given\tnot taken for a duplicate\t\n"  # a missing label is a bad row
         "\n",  # blank lines are not rows
     )
     pairs, report = read_pairs(path)
     assert pairs == [
         Pair("How do I cook rice?", "How to cook rice?", 1),
         Pair('He said "hi"', "A quoted field", 0),
-        Pair("no label given", "still a pair", 1),
     ]
     assert report.rows == 8
     assert dict(report.bad) == {
@@ -48,9 +47,19 @@ def test_tsv_bad_rows_are_counted_by_reason(tmp_path: Path) -> None:
         "broken_quoting": 1,
         "bad_label": 1,
         "extra_column": 1,
+        "missing_label": 1,
+    }
+    # Each bad row is located by its line in the file (the header is line 1).
+    assert report.where() == {
+        "empty_text": "4",
+        "missing_column": "5",
+        "broken_quoting": "6",
+        "bad_label": "7",
+        "extra_column": "8",
+        "missing_label": "9",
     }
     fingerprint = report.fingerprint()
-    assert (fingerprint.rows, fingerprint.bad_rows, fingerprint.used_rows) == (8, 5, 3)
+    assert (fingerprint.rows, fingerprint.bad_rows, fingerprint.used_rows) == (8, 6, 2)
     assert len(fingerprint.sha256) == 64
 
 
@@ -67,8 +76,31 @@ def test_csv_and_jsonl_and_absent_label(tmp_path: Path) -> None:
         '{"text_a": "x", "text_b": 5}\n',
     )
     pairs, reports = load_pairs([csv_file, jsonl])
-    assert pairs == [Pair("one, two", "three", 1), Pair("x", "y", 0), Pair("x", "z", 1)]
-    assert dict(reports[1].bad) == {"invalid_json": 2, "missing_column": 1, "not_text": 1}
+    # The CSV has no label column: a duplicates-only file, and the report says so.
+    assert pairs == [Pair("one, two", "three", 1), Pair("x", "y", 0)]
+    assert reports[0].summary()["labels"] == "no label column: every pair is read as a duplicate"
+    assert dict(reports[1].bad) == {"missing_label": 1, "invalid_json": 2, "missing_column": 1, "not_text": 1}
+    assert reports[1].where()["invalid_json"] == "3, 4"
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["sentence1\tsentence2\tlabel", "question1\tquestion2\tis_duplicate", "#1 String\t#2 String\tQuality"],
+)
+def test_glue_qqp_and_mrpc_headers_are_recognised(tmp_path: Path, header: str) -> None:
+    pairs, _ = read_pairs(write(tmp_path, "g.tsv", f"{header}\nfirst\tsecond\t0\n"))
+    assert pairs == [Pair("first", "second", 0)]
+
+
+def test_columns_name_other_headers_and_a_missing_label_column_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.tsv", "id\tpost\tcopy\tverdict\n1\ta\tb\t1\n")
+    assert read_pairs(path, Columns.parse("post,copy,verdict"))[0] == [Pair("a", "b", 1)]
+    with pytest.raises(DataError, match="no label column 'label'"):
+        read_pairs(path, Columns("post", "copy", "label"))
+    with pytest.raises(DataError, match="--columns"):
+        read_pairs(path)
+    with pytest.raises(DataError, match="A,B or A,B,LABEL"):
+        Columns.parse("only-one")
 
 
 def test_scoring_rows_keep_their_places(tmp_path: Path) -> None:
@@ -198,3 +230,28 @@ def test_only_sources_with_both_labels_make_a_pool_for_the_pair_term() -> None:
     pairs = [Pair("a", "b", 1), Pair("c", "d", 0), Pair("e", "f", 1), Pair("g", "h", 1), Pair("i", "j", 0)]
     sources = [0, 0, 1, 2, 2]
     assert labelled_pools(pairs, sources) == [[pairs[0], pairs[1]], [pairs[3], pairs[4]]]
+
+
+def test_a_missing_pair_file_is_refused_before_any_model_loads(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for command in ("evaluate", "score"):
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "trainer",
+                command,
+                "--model",
+                str(tmp_path / "no-model"),
+                "--pairs",
+                str(tmp_path / "missing.tsv"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert out.returncode == 2
+        assert "no pair file at" in out.stderr  # the input, not the model directory that is missing too
+        assert "no-model" not in out.stderr
