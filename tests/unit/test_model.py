@@ -204,6 +204,18 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         load_model_dir(path)
 
 
+def test_a_directory_that_is_not_a_model_directory_says_how_to_make_one(tmp_path: Path) -> None:
+    source = tiny_sentence_transformer(tmp_path / "st")
+    (source / ".gitattributes").write_text("*.safetensors filter=lfs\n")  # as a hub download has
+    with pytest.raises(ModelFormatError, match=r"no manifest\.json") as refused:
+        load_encoder(source, "cpu")
+    assert "sentence-transformers" in str(refused.value)
+    assert f"python -m trainer export --from-pretrained {source}" in str(refused.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFormatError, match=r"no manifest\.json: not a twinflag model directory"):
+        load_encoder(tmp_path / "empty", "cpu")
+
+
 def edit_json(path: Path, **changes: object) -> None:
     data = json.loads(path.read_text())
     data.update(changes)

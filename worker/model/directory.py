@@ -51,6 +51,8 @@ def check_model_dir(path: Path) -> Path:
     root = path.resolve(strict=True)
     if not root.is_dir():
         raise ModelFormatError(f"{path} is not a directory")
+    if not (root / MANIFEST_FILE).is_file():
+        raise ModelFormatError(not_a_model_dir(path, root))
     for current, dirnames, filenames in os.walk(root, followlinks=False):
         for name in [*dirnames, *filenames]:
             entry = Path(current) / name
@@ -68,6 +70,22 @@ def check_model_dir(path: Path) -> Path:
                     f"{path}: unexpected file {relative} (a model directory holds {sorted(ALLOWED_SUFFIXES)})"
                 )
     return root
+
+
+def not_a_model_dir(path: Path, root: Path) -> str:
+    """What to say of a directory without a manifest, and the command that makes a model directory."""
+    names = {entry.name for entry in root.iterdir()}
+    if "modules.json" in names or "sentence_bert_config.json" in names or "config.json" in names:
+        return (
+            f"{path} has no {MANIFEST_FILE}: it looks like a sentence-transformers or Hugging Face model,"
+            f" not a twinflag model directory. Make one from it with: python -m trainer export"
+            f" --from-pretrained {path} --out models/mine (add --dev PAIRS to calibrate its threshold)"
+        )
+    return (
+        f"{path} has no {MANIFEST_FILE}: not a twinflag model directory. Make one with"
+        f" `make model`, `python -m trainer train ... --out DIR` or `python -m trainer export"
+        f" --from-pretrained DIR --out DIR`"
+    )
 
 
 def required_file(root: Path, name: str) -> Path:
