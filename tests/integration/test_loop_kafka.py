@@ -49,6 +49,7 @@ def run_inline(settings: WorkerSettings, max_messages: int, idle_timeout_s: floa
             topics=topics(settings),
             max_messages=max_messages,
             idle_timeout_s=idle_timeout_s,
+            commit_interval_s=settings.commit_interval_ms / 1000,
         )
 
 
@@ -126,15 +127,16 @@ def test_bad_records_are_dead_lettered_and_committed_past(broker: str, names: Na
     assert committed(broker, names.group, names.input) == {0: len(records)}
 
 
+@pytest.mark.parametrize("commit_interval_ms", [0, 60_000])  # a transaction per batch; one for both
 def test_exactly_once_commits_flags_and_offsets_in_one_transaction(
-    broker: str, names: Names, tmp_path: Path
+    broker: str, names: Names, tmp_path: Path, commit_interval_ms: int
 ) -> None:
     posts = make_stream(60, seed=5)
     create_topics(broker, names, partitions=1)
     produce_posts(broker, names.input, posts)
     settings = worker_settings(
         broker, names, tmp_path / "index", delivery="exactly-once", transactional_id=f"tx-{names.group}"
-    )
+    ).model_copy(update={"commit_interval_ms": commit_interval_ms})
 
     assert run_inline(settings, max_messages=len(posts)) == len(posts)
 
