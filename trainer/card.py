@@ -62,14 +62,16 @@ def model_card(
     training_data: Sequence[DataFingerprint] = (),
     dev_data: DataFingerprint | None = None,
     dev_metrics: dict[str, float] | None = None,
+    pooling: Literal["mean", "cls"] | None = None,
 ) -> Manifest:
-    """The manifest of a model about to be written (``save_model_dir`` stamps the version)."""
+    """The manifest of a model about to be written (``save_model_dir`` stamps the version); ``pooling``
+    overrides the architecture's usual one (a transformer from a CLS-pooled base)."""
     return Manifest(
         architecture=architecture,
         hyperparameters=params,
         dim=dim,
         max_tokens=max_tokens,
-        pooling=POOLING[architecture],
+        pooling=pooling or POOLING[architecture],
         pad_token_id=pad_token_id(tokenizer),
         thresholds=thresholds,
         base_model=base_model,

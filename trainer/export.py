@@ -67,6 +67,7 @@ def export_pretrained(
         dev_data=dev_data,
         dev_metrics=dev_metrics,
         training=ZERO_SHOT,
+        pooling=parts.pooling,
     )
     final = save_model_dir(
         out, manifest, parts.module, parts.tokenizer, {CONFIG_FILE: parts.config_json}, readme=model_readme

@@ -244,6 +244,7 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
         dev_data=plan.dev_report.fingerprint() if plan.dev_report else None,
         dev_metrics=metrics.as_dict() if metrics else {},
         training=training_record(settings, margin, state, plan.select_sets, time.monotonic() - started),
+        pooling=getattr(module, "pooling", None),  # a transformer keeps its base model's pooling
     )
     final = save_model_dir(
         settings.out, manifest, module.cpu(), initial.tokenizer, initial.extra_files, readme=model_readme

@@ -436,3 +436,58 @@ def test_the_encoder_says_which_posts_it_cannot_read(tmp_path: Path) -> None:
     assert encoder.known(["👍", "👎 🔥", TEXTS[0], f"👍 {TEXTS[0]}"]) == [False, False, True, True]
     thumbs = encoder.embed(["👍", "👎"])
     assert float(thumbs[0] @ thumbs[1]) > 0.999  # why such posts may not match by their vectors
+
+
+def test_the_in_house_stack_runs_xlm_r_as_transformers_does() -> None:
+    """A multilingual base (XLM-R, RoBERTa family) is the BERT stack with positions after the pad id."""
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    from worker.model.bert import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    values = {
+        "vocab_size": 60,
+        "hidden_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "max_position_embeddings": 40,
+        "type_vocab_size": 1,
+        "pad_token_id": 1,
+    }
+    reference = XLMRobertaModel(XLMRobertaConfig(**values), add_pooling_layer=False).eval()
+    ours = BertModel(BertConfig.from_dict({**values, "model_type": "xlm-roberta"})).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    ids = torch.randint(3, 60, (2, 7))
+    ids[1, 4:] = 1  # right padding with XLM-R's pad id
+    mask = (ids != 1).long()
+    with torch.inference_mode():
+        expected = reference(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = ours(ids, mask)
+    torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_a_cls_pooled_base_is_exported_with_its_pooling(tmp_path: Path) -> None:
+    from trainer.export import export_pretrained
+
+    source = tiny_sentence_transformer(tmp_path / "st")
+    (source / "1_Pooling").mkdir()
+    (source / "1_Pooling" / "config.json").write_text(
+        json.dumps({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False})
+    )
+    parts = from_sentence_transformer(source)
+    assert parts.pooling == "cls"
+    export_pretrained(source, tmp_path / "m", device="cpu")
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["pooling"] == "cls"
+    ids, mask = pad_batch([e.ids for e in parts.tokenizer.encode_batch(TEXTS)], 0)
+    with torch.inference_mode():
+        first_token = torch.nn.functional.normalize(parts.module.bert(ids, mask)[:, 0], dim=-1).numpy()
+    np.testing.assert_allclose(
+        TorchEncoder(tmp_path / "m", device="cpu").embed(TEXTS), first_token, atol=1e-6
+    )
+    pooling = json.loads((tmp_path / "m" / "1_Pooling" / "config.json").read_text())
+    assert pooling["pooling_mode_cls_token"] is True  # sentence-transformers pools as the worker does
+    (source / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
+    with pytest.raises(ModelFormatError, match="only mean or CLS pooling"):
+        from_sentence_transformer(source)

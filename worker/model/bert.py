@@ -1,5 +1,5 @@
 """BERT in plain torch: the encoder stack a model directory's weights were trained in, without importing
-``transformers``.
+``transformers``. RoBERTa and XLM-R are the same stack with positions counted from after the pad id.
 
 Importing ``transformers`` cost the worker about 3.5 s of its start (on top of torch's 2 s) for one
 class. This is that class's inference and training path for the configurations twinflag runs (absolute
@@ -41,6 +41,11 @@ class BertConfig:
     pad_token_id: int = 0
     model_type: str = "bert"
 
+    @property
+    def position_offset(self) -> int:
+        """RoBERTa-family models number positions from ``pad_token_id + 1`` (BERT from 0)."""
+        return self.pad_token_id + 1 if self.model_type in ROBERTA_FAMILY else 0
+
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
@@ -68,8 +73,8 @@ class BertConfig:
             raise ValueError(f"not JSON: {error}") from error
         if not isinstance(values, dict):
             raise ValueError("not a JSON object")
-        if values.get("model_type", "bert") != "bert":
-            raise ValueError(f"model_type {values.get('model_type')!r} is not 'bert'")
+        if values.get("model_type", "bert") not in MODEL_TYPES:
+            raise ValueError(f"model_type {values.get('model_type')!r} is not one of {sorted(MODEL_TYPES)}")
         return cls.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +88,11 @@ class BertConfig:
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
+
+ROBERTA_FAMILY = frozenset({"roberta", "xlm-roberta", "camembert"})
+MODEL_TYPES = ROBERTA_FAMILY | {"bert"}
+"""What this module runs: BERT (MiniLM, most English sentence-transformers) and the RoBERTa family
+(multilingual XLM-R bases). MPNet's relative attention is another stack, not this one."""
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
@@ -101,9 +111,10 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.position_offset = config.position_offset
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device) + self.position_offset
         embedded = self.word_embeddings(input_ids) + self.position_embeddings(positions)
         if token_type_ids is None:
             embedded = embedded + self.token_type_embeddings.weight[0]

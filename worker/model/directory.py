@@ -10,6 +10,7 @@ build or save a module, so checking a directory or reading its manifest stays ch
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -148,7 +149,7 @@ def build_module(manifest: Manifest, root: Path) -> nn.Module:
     for name, value in summary.items():
         if getattr(config, name, None) != value:
             raise ModelFormatError(f"{root}: config.json {name} {getattr(config, name, None)} != {value}")
-    if config.max_position_embeddings < manifest.max_tokens:
+    if config.max_position_embeddings < manifest.max_tokens + config.position_offset:
         raise ModelFormatError(
             f"{root}: max_tokens {manifest.max_tokens} > the model's"
             f" {config.max_position_embeddings} positions"
@@ -163,7 +164,7 @@ def build_module(manifest: Manifest, root: Path) -> nn.Module:
         embeddings + "position_embeddings.weight",
         (config.max_position_embeddings, config.hidden_size),
     )
-    return TransformerEncoder(config)
+    return TransformerEncoder(config, manifest.pooling)
 
 
 def weight_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
@@ -270,7 +271,8 @@ def save_model_dir(
     from safetensors.torch import save_file
 
     files = dict(extra_files or {})
-    if manifest.architecture == "transformer":
+    if manifest.architecture == "transformer" and _model_type(files.get(CONFIG_FILE)) == "bert":
+        # (the weights are saved under BERT's names: transformers loads a RoBERTa-family model from others)
         from worker.model.pretrained import sentence_transformers_layout
 
         files = {**sentence_transformers_layout(manifest, tokenizer), **files}
@@ -304,6 +306,14 @@ def save_model_dir(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+def _model_type(config: str | bytes | None) -> str | None:
+    try:
+        value = json.loads(config) if config is not None else None
+    except ValueError:
+        return None
+    return str(value.get("model_type", "bert")) if isinstance(value, dict) else None
 
 
 def replace_dir(staging: Path, path: Path) -> None:

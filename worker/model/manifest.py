@@ -232,7 +232,7 @@ class Manifest(_Frozen):
         description="float32: model.safetensors run by torch; int8: model.onnx (dynamic int8, per-channel "
         "weights) run by ONNX Runtime.",
     )
-    pooling: Literal["mean", "mean_max"]
+    pooling: Literal["mean", "mean_max", "cls"]
     pad_token_id: int = Field(default=0, ge=0)
     thresholds: Thresholds
     base_model: str | None = Field(default=None, description="What the weights started from.")
@@ -253,8 +253,8 @@ class Manifest(_Frozen):
             raise ValueError(f"hyperparameters are for {self.hyperparameters.kind}, not {self.architecture}")
         if self.precision == "int8" and self.architecture != "transformer":
             raise ValueError("only the transformer has an int8 form")
-        if self.architecture == "transformer" and self.pooling != "mean":
-            raise ValueError("the transformer encoder pools by mean")
+        if self.architecture == "transformer" and self.pooling not in ("mean", "cls"):
+            raise ValueError("the transformer encoder pools by mean or cls")
         if self.architecture == "bilstm" and self.pooling != "mean_max":
             raise ValueError("the bilstm encoder pools by mean and max")
         vocab = self.hyperparameters.vocab_size

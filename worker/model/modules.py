@@ -26,15 +26,19 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 
 class TransformerEncoder(nn.Module):
-    """BERT → attention-masked mean pooling → L2 normalisation."""
+    """BERT → attention-masked mean pooling (or the first token's vector, ``cls``) → L2 normalisation."""
 
-    def __init__(self, config: BertConfig) -> None:
+    def __init__(self, config: BertConfig, pooling: str = "mean") -> None:
         super().__init__()
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"a transformer pools by mean or cls, not {pooling!r}")
         self.bert = BertModel(config)
+        self.pooling = pooling
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.bert(input_ids, attention_mask)
-        return F.normalize(mean_pool(hidden, attention_mask).float(), dim=-1)
+        pooled = hidden[:, 0] if self.pooling == "cls" else mean_pool(hidden, attention_mask)
+        return F.normalize(pooled.float(), dim=-1)
 
 
 class BiLSTMEncoder(nn.Module):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
@@ -46,16 +47,18 @@ class PretrainedParts:
     config_json: str
     max_tokens: int
     base_model: str
+    pooling: Literal["mean", "cls"] = "mean"
 
 
 def from_sentence_transformer(
     path: Path, max_tokens: int | None = None, harden: bool = True
 ) -> PretrainedParts:
-    """A ``TransformerEncoder`` + tokenizer from a sentence-transformers directory (BERT, mean pooling).
+    """A ``TransformerEncoder`` + tokenizer from a sentence-transformers directory (a BERT or RoBERTa-family
+    model, XLM-R included; mean or CLS pooling).
 
     Reads only ``config.json``, ``model.safetensors``, ``tokenizer.json`` and the small JSON files that
     describe the pipeline; a ``pytorch_model.bin`` beside them is ignored, never loaded. Refuses
-    pipelines it would not reproduce exactly (CLS or max pooling, dense layers, non-BERT models).
+    pipelines it would not reproduce exactly (max pooling, dense layers, MPNet and other stacks).
     ``harden`` adds ``harden_normalizer``'s fold to the tokenizer (embeddings of ordinary text are
     unchanged: they equal sentence-transformers' own).
     """
@@ -67,21 +70,25 @@ def from_sentence_transformer(
         kinds = [entry["type"].rsplit(".", 1)[-1] for entry in json.loads(modules_file.read_text())]
         if kinds[:2] != ["Transformer", "Pooling"] or any(k not in {"Normalize"} for k in kinds[2:]):
             raise ModelFormatError(f"{root}: unsupported sentence-transformers pipeline {kinds}")
+    pooling: Literal["mean", "cls"] = "mean"
     pooling_file = root / "1_Pooling" / "config.json"
     if pooling_file.is_file():
-        pooling = json.loads(pooling_file.read_text())
-        modes = [k for k, on in pooling.items() if k.startswith("pooling_mode") and on]
-        others = [k for k in modes if k != "pooling_mode_mean_tokens"]
-        if not pooling.get("pooling_mode_mean_tokens") or others:
-            raise ModelFormatError(f"{root}: only mean pooling is supported (got {others or 'none'})")
+        modes = [
+            k for k, on in json.loads(pooling_file.read_text()).items() if k.startswith("pooling_mode") and on
+        ]
+        if modes == ["pooling_mode_cls_token"]:
+            pooling = "cls"
+        elif modes != ["pooling_mode_mean_tokens"]:
+            raise ModelFormatError(f"{root}: only mean or CLS pooling is supported (got {modes or 'none'})")
     config_file = required_file(root, CONFIG_FILE)
     try:
         config = BertConfig.from_json_file(config_file)
     except (ValueError, TypeError) as error:
-        raise ModelFormatError(f"{root}: config.json is not a BERT this worker runs: {error}") from error
-    module = TransformerEncoder(config)
+        raise ModelFormatError(f"{root}: config.json is not a model this worker runs: {error}") from error
+    module = TransformerEncoder(config, pooling)
     tensors = load_file(str(required_file(root, WEIGHTS_FILE)), device="cpu")
-    tensors = {k.removeprefix("0.auto_model.").removeprefix("bert."): v for k, v in tensors.items()}
+    prefixes = ("0.auto_model.", "bert.", "roberta.")
+    tensors = {_strip(k, prefixes): v for k, v in tensors.items()}
     expected = module.bert.state_dict()
     unused = {k for k in tensors if k not in expected}
     # The pooler (unused by mean pooling) and position_ids (a buffer rebuilt at init) are expected leftovers.
@@ -94,7 +101,7 @@ def from_sentence_transformer(
     module.eval()
     st_config = root / "sentence_bert_config.json"
     seq_len = json.loads(st_config.read_text()).get("max_seq_length") if st_config.is_file() else None
-    limit = max_tokens or int(seq_len or min(512, config.max_position_embeddings))
+    limit = max_tokens or int(seq_len or min(512, config.max_position_embeddings - config.position_offset))
     tokenizer = Tokenizer.from_file(str(required_file(root, TOKENIZER_FILE)))
     tokenizer = configure_tokenizer(harden_normalizer(tokenizer) if harden else tokenizer, limit)
     params = TransformerParams(
@@ -105,7 +112,13 @@ def from_sentence_transformer(
         vocab_size=config.vocab_size,
     )
     config_json = config.to_json()
-    return PretrainedParts(module, tokenizer, params, config_json, limit, _base_name(root))
+    return PretrainedParts(module, tokenizer, params, config_json, limit, _base_name(root), pooling)
+
+
+def _strip(name: str, prefixes: tuple[str, ...]) -> str:
+    for prefix in prefixes:
+        name = name.removeprefix(prefix)
+    return name
 
 
 def _base_name(root: Path) -> str:
@@ -143,8 +156,8 @@ def sentence_transformers_layout(manifest: Manifest, tokenizer: Tokenizer) -> di
     ]
     pooling = {
         "word_embedding_dimension": manifest.dim,
-        "pooling_mode_mean_tokens": True,
-        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": manifest.pooling == "mean",
+        "pooling_mode_cls_token": manifest.pooling == "cls",
         "pooling_mode_max_tokens": False,
         "pooling_mode_mean_sqrt_len_tokens": False,
     }

@@ -57,6 +57,9 @@ def configure_tokenizer(tokenizer: Tokenizer, max_tokens: int) -> Tokenizer:
 
 
 def pad_token_id(tokenizer: Tokenizer) -> int:
-    """The id of ``[PAD]`` (0 for both base vocabularies we ship; 0 when a vocabulary has none)."""
-    pad = tokenizer.token_to_id(PAD_TOKEN)
-    return 0 if pad is None else int(pad)
+    """The id of ``[PAD]`` or ``<pad>`` (0 for the vocabularies we ship; 0 when a vocabulary has none)."""
+    for name in (PAD_TOKEN, "<pad>"):  # BERT's WordPiece, then SentencePiece vocabularies (XLM-R: 1)
+        pad = tokenizer.token_to_id(name)
+        if pad is not None:
+            return int(pad)
+    return 0
