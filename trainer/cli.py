@@ -102,6 +102,11 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--dev-max-pairs", type=int, help="calibrate on a fixed random subset (speed)")
     export.add_argument("--target-precision", type=float, default=0.95)
     export.add_argument("--device", default="auto", choices=DEVICES)
+    export.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write onnx/encoder.onnx: input_ids, attention_mask (from tokenizer.json) → unit vectors",
+    )
 
     default = sub.add_parser("default", help="build models/default: fine-tune on a data directory")
     default.add_argument(
@@ -167,6 +172,18 @@ def parser() -> argparse.ArgumentParser:
     distill.add_argument("--teacher-texts", type=int, default=16_000, help="texts the teacher embeds")
     distill.add_argument("--cache", type=Path, default=Path("runs/distill-cache"), help="teacher vectors")
     distill.add_argument("--seed", type=int, default=0)
+    distill.add_argument(
+        "--calibration-posts",
+        type=Path,
+        help="a labelled stream of posts (JSONL: id, text, tenant) whose "
+        "best-F1 cosine becomes the threshold (default: a stream simulated from held-out pairs)",
+    )
+    distill.add_argument("--calibration-truth", type=Path, help="its truth (JSONL: id, duplicate_of, kind)")
+    distill.add_argument(
+        "--calibrate-only",
+        action="store_true",
+        help="recalibrate the model at --out on that stream, no training",
+    )
     distill.add_argument("--no-progress", action="store_true", help="no progress bar")
     return root
 
@@ -199,6 +216,7 @@ def run(args: argparse.Namespace) -> None:
                 target_precision=args.target_precision,
                 dev_max_pairs=args.dev_max_pairs,
                 device=args.device,
+                onnx=args.onnx,
             )
         case "verifier":
             commands.run_verifier(
@@ -218,8 +236,13 @@ def run(args: argparse.Namespace) -> None:
                 args.model, args.out, args.data_dir, max_pairs=args.max_pairs, max_ap_drop=args.max_ap_drop
             )
         case "distill":
-            from trainer.distill import distill, recipe_for_budget
+            from trainer.distill import distill, recalibrate, recipe_for_budget
 
+            if args.calibrate_only:
+                if args.calibration_posts is None or args.calibration_truth is None:
+                    raise ValueError("--calibrate-only needs --calibration-posts and --calibration-truth")
+                recalibrate(args.out, args.calibration_posts, args.calibration_truth)
+                return
             recipe = recipe_for_budget(
                 args.budget_minutes * 60.0,
                 semantic_dim=args.semantic_dim,
@@ -227,6 +250,8 @@ def run(args: argparse.Namespace) -> None:
                 teacher_texts=args.teacher_texts,
                 cache=args.cache,
                 seed=args.seed,
+                calibration_posts=args.calibration_posts,
+                calibration_truth=args.calibration_truth,
             )
             distill(args.teacher, args.data_dir, args.out, recipe, progress=not args.no_progress)
         case "default":

@@ -47,10 +47,17 @@ def run_export(
     target_precision: float,
     dev_max_pairs: int | None,
     device: str,
+    onnx: bool = False,
 ) -> None:
     export_pretrained(
         source, out, dev, target_precision=target_precision, dev_max_pairs=dev_max_pairs, device=device
     )
+    if onnx:
+        from trainer.quantize import export_onnx
+
+        (out / "onnx").mkdir(exist_ok=True)
+        export_onnx(out, out / "onnx" / "encoder.onnx")
+        print(f"wrote {out / 'onnx' / 'encoder.onnx'}")
 
 
 def final_scores(

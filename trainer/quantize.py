@@ -66,12 +66,14 @@ class Check:
 
 
 def export_onnx(model_dir: Path, out: Path) -> None:
-    """The float32 encoder as an ONNX graph: ``(input_ids, attention_mask) → (n, dim)`` unit rows."""
+    """The float32 encoder as an ONNX graph: ``(input_ids, attention_mask) → (n, dim)`` unit rows, the
+    ids from the directory's ``tokenizer.json`` (its folds and truncation included)."""
     import torch
 
     from worker.model.directory import load_model_dir
 
     manifest, module, _ = load_model_dir(model_dir)
+    tmp = out.with_name(f".{out.name}.tmp")
     ids = torch.tensor([[1, 2, 3, 2], [1, 2, 3, 2]], dtype=torch.long)  # any ids: the shapes are dynamic
     ids[1, 3] = manifest.pad_token_id
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.long)
@@ -83,13 +85,14 @@ def export_onnx(model_dir: Path, out: Path) -> None:
         torch.onnx.export(
             module.eval(),
             (ids, mask),
-            str(out),
+            str(tmp),
             input_names=["input_ids", "attention_mask"],
             output_names=["vectors"],
             dynamic_axes=axes,
             opset_version=OPSET,
             dynamo=False,
         )
+    tmp.replace(out)  # never a half-written graph under the final name
 
 
 def quantize_onnx(source: Path, out: Path, manifest: Manifest) -> None:

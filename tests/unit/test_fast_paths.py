@@ -151,3 +151,20 @@ def test_quantize_refuses_to_write_a_copy_that_ranks_worse_than_allowed(tmp_path
     _, checks = quantize(model, tmp_path / "int8", [], max_ap_drop=-1.0, report_sets=[pairs])
     assert [(c.name, c.pairs, c.gated) for c in checks] == [("tiny", 3, False)]
     assert (tmp_path / "int8" / "model.onnx").is_file()
+
+
+def test_export_onnx_writes_a_graph_that_embeds_as_the_worker(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from worker.model.onnx import pad_ids
+
+    source = tiny_sentence_transformer(tmp_path / "st")
+    export = ["export", "--from-pretrained", str(source), "--out", str(tmp_path / "m"), "--onnx"]
+    subprocess.run([sys.executable, "-m", "trainer", *export], check=True, capture_output=True)
+    encoder = TorchEncoder(tmp_path / "m", device="cpu")  # the directory still loads (and checks) as before
+    session = ort.InferenceSession(str(tmp_path / "m" / "onnx" / "encoder.onnx"))
+    ids, mask = pad_ids(
+        [row.ids for row in encoder.tokenizer.encode_batch(TEXTS)], encoder.manifest.pad_token_id
+    )
+    (vectors,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
+    np.testing.assert_allclose(vectors, encoder.embed(TEXTS), atol=1e-5)
