@@ -88,6 +88,8 @@ class DistillRecipe:
     stream_pairs: int = 1500
     seed: int = 0
     cache: Path = Path("runs/distill-cache")
+    calibration_posts: Path | None = None  # a labelled stream of your own posts (JSONL: id, text, tenant)
+    calibration_truth: Path | None = None  # its truth (JSONL: id, duplicate_of, kind), in arrival order
 
 
 def recipe_for_budget(budget_s: float, **overrides: object) -> DistillRecipe:
@@ -432,6 +434,10 @@ def distill(
         scores, [p.label for p in calibrate_on], recipe.target_precision, plan.calibrate_name
     )
     cut = stream_cut(encoder, posts) if posts else None
+    where = f"a simulated repost stream ({len(posts)} posts) from {stream_name}"
+    if recipe.calibration_posts is not None and recipe.calibration_truth is not None:
+        cut = labelled_stream_cut(encoder, recipe.calibration_posts, recipe.calibration_truth)
+        where = f"the labelled stream {recipe.calibration_posts.name} ({recipe.calibration_posts.parent})"
     if cut is not None:  # the worker's question: flag at the cosine with the best F1 on a repost stream
         thresholds = Thresholds(
             decision=cut.threshold,
@@ -439,7 +445,7 @@ def distill(
             recall=cut.recall,
             best_f1=cut.f1,
             best_f1_threshold=cut.threshold,
-            calibrated_on=f"best F1 on a simulated repost stream ({len(posts)} posts) from {stream_name}",
+            calibrated_on=f"best F1 on {where}",
         )
         log.info("stream_threshold", **asdict(cut))
     selection = _select_score(encoder.embed, select_sets)
@@ -578,6 +584,12 @@ def stream_cut(encoder: StaticEncoder, posts: Sequence[Post]) -> StreamCut | Non
         return None
     scores = np.array([score for _, (_, score) in found])
     right = np.array([stream.same(i, j) for i, (j, _) in found], dtype=np.float64)
+    return best_f1_cut(scores, right, reposts)
+
+
+def best_f1_cut(scores: NDArray[np.float64], right: NDArray[np.float64], reposts: int) -> StreamCut:
+    """The threshold on ``scores`` (each post's best earlier candidate; ``right``: that candidate is of
+    its cluster) with the best F1 over ``reposts`` posts that should be flagged."""
     order = np.argsort(-scores, kind="stable")
     hits, ranked = np.cumsum(right[order]), scores[order]
     last = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]
@@ -585,3 +597,56 @@ def stream_cut(encoder: StaticEncoder, posts: Sequence[Post]) -> StreamCut | Non
     f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
     k = int(np.argmax(f1))
     return StreamCut(round(float(ranked[last][k]), 6), float(precision[k]), float(recall[k]), float(f1[k]))
+
+
+DUPLICATE_KINDS = ("exact", "edit", "rewrite")  # a labelled stream's posts that should be flagged
+
+
+def labelled_stream_cut(encoder: StaticEncoder, posts_path: Path, truth_path: Path) -> StreamCut | None:
+    """The best-F1 cosine on a labelled stream of posts, compared as the worker compares them: each
+    post with every earlier post of its tenant. A flag is right when the post is a copy, an edit or a
+    rewrite and names an earlier member of its cluster."""
+    posts = [json.loads(line) for line in posts_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    truth = {
+        str(row["id"]): row
+        for row in (json.loads(line) for line in truth_path.read_text(encoding="utf-8").splitlines())
+    }
+    cluster = [str(truth[str(p["id"])]["duplicate_of"] or p["id"]) for p in posts]
+    tenants = [str(p.get("tenant", "default")) for p in posts]
+    vectors = encoder.embed([str(p["text"]) for p in posts]).astype(np.float64)
+    scores, right = [], []
+    for i in range(1, len(posts)):
+        earlier = [j for j in range(i) if tenants[j] == tenants[i]]
+        if not earlier:
+            continue
+        sims = vectors[earlier] @ vectors[i]
+        j = earlier[int(np.argmax(sims))]
+        scores.append(float(sims.max()))
+        right.append(truth[str(posts[i]["id"])]["kind"] in DUPLICATE_KINDS and cluster[j] == cluster[i])
+    positives = sum(truth[str(p["id"])]["kind"] in DUPLICATE_KINDS for p in posts)
+    if not scores or positives == 0:
+        return None
+    return best_f1_cut(np.array(scores), np.array(right, dtype=np.float64), positives)
+
+
+def recalibrate(model: Path, posts: Path, truth: Path) -> Manifest:
+    """Give a static model directory the best-F1 threshold of a labelled stream, weights unchanged
+    (``python -m trainer distill --out DIR --calibrate-only --calibration-posts P --calibration-truth T``)."""
+    from worker.model.static import load_static
+
+    encoder = load_static(model)
+    cut = labelled_stream_cut(encoder, posts, truth)
+    if cut is None:
+        raise ValueError(f"{posts}: no post with an earlier one of its tenant, or nothing to flag")
+    thresholds = Thresholds(
+        decision=cut.threshold,
+        precision=cut.precision,
+        recall=cut.recall,
+        best_f1=cut.f1,
+        best_f1_threshold=cut.threshold,
+        calibrated_on=f"best F1 on the labelled stream {posts.name} ({posts.parent})",
+    )
+    manifest = encoder.manifest.model_copy(update={"thresholds": thresholds})
+    final = write_static_dir(model, manifest, encoder.table, encoder.tokenizer)
+    log.info("recalibrated", out=str(model), version=final.version, **asdict(cut))
+    return final

@@ -176,3 +176,30 @@ def test_distill_writes_a_calibrated_static_model(tmp_path: Path) -> None:
     assert manifest.thresholds.calibrated_on is not None
     assert int(manifest.training["steps"]) > 0  # type: ignore[arg-type]
     assert load_static(tmp_path / "fast").embed(texts[:3]).shape == (3, 10)
+
+
+def test_recalibrate_takes_the_best_f1_cosine_of_a_labelled_stream(
+    tmp_path: Path, tokenizer: Tokenizer
+) -> None:
+    from trainer.distill import recalibrate
+
+    model = random_model(tmp_path / "fast", tokenizer)
+    version = read_manifest(model).version
+    rows = [
+        ({"id": "a", "text": TEXTS[0]}, {"id": "a", "duplicate_of": None, "kind": "original"}),
+        ({"id": "b", "text": TEXTS[3]}, {"id": "b", "duplicate_of": None, "kind": "original"}),
+        ({"id": "c", "text": TEXTS[0] + " !!"}, {"id": "c", "duplicate_of": "a", "kind": "edit"}),
+        ({"id": "d", "text": TEXTS[3].upper()}, {"id": "d", "duplicate_of": "b", "kind": "edit"}),
+        ({"id": "e", "text": TEXTS[2]}, {"id": "e", "duplicate_of": None, "kind": "original"}),
+    ]
+    posts, truth = tmp_path / "posts.jsonl", tmp_path / "truth.jsonl"
+    posts.write_text("\n".join(json.dumps(p) for p, _ in rows) + "\n", encoding="utf-8")
+    truth.write_text("\n".join(json.dumps(t) for _, t in rows) + "\n", encoding="utf-8")
+    manifest = recalibrate(model, posts, truth)
+    encoder = load_static(model)
+    assert manifest.version == version  # the weights did not change
+    assert manifest.thresholds.best_f1 == pytest.approx(1.0)
+    edits = encoder.embed([TEXTS[0] + " !!", TEXTS[3].upper()])
+    originals = encoder.embed([TEXTS[0], TEXTS[3]])
+    assert encoder.threshold <= float((edits * originals).sum(1).min())
+    assert "posts.jsonl" in str(manifest.thresholds.calibrated_on)
