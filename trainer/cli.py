@@ -20,6 +20,7 @@ from pydantic_settings import CliSettingsSource
 from trainer.data import Columns, DataError
 from trainer.recipes import DEFAULT_DATA_DIR
 from trainer.settings import TrainSettings
+from worker import __version__
 from worker.core.logs import configure, get_logger
 from worker.model.manifest import ModelFormatError
 
@@ -70,6 +71,7 @@ def train_settings(args: argparse.Namespace) -> TrainSettings:
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
+    root.add_argument("--version", action="version", version=f"twinflag trainer {__version__}")
     root.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = root.add_subparsers(dest="command", required=True)
 

@@ -1,9 +1,9 @@
 """``python -m worker``: the command line. Parses arguments only; ``worker.service.commands`` acts.
 
 Commands: ``run`` (the Kafka service), ``scan`` (the batch step over a JSONL file), ``index`` (bulk-load
-a corpus), ``settings --markdown`` (the settings table of the README). Exit codes: 0 after a clean stop,
-1 after an unexpected error (logged with its traceback, nothing committed), 2 for configuration, model
-or index problems that a restart cannot fix.
+a corpus), ``serve`` (the HTTP API), ``settings --markdown`` (the settings table of the README). Exit
+codes: 0 after a clean stop, 1 after an unexpected error (logged with its traceback, nothing
+committed), 2 for configuration, model or index problems that a restart cannot fix.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from worker import __version__
 from worker.core.errors import FatalError
-from worker.service.commands import cmd_index, cmd_run, cmd_scan, cmd_settings
+from worker.service.commands import cmd_index, cmd_run, cmd_scan, cmd_serve, cmd_settings
 from worker.service.wiring import EXIT_CONFIG
 
 DESCRIPTION = "twinflag worker: documents from Kafka → embed → nearest earlier posts → duplicate flags."
@@ -22,6 +23,7 @@ DESCRIPTION = "twinflag worker: documents from Kafka → embed → nearest earli
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m worker", description=DESCRIPTION)
+    top.add_argument("--version", action="version", version=f"twinflag worker {__version__}")
     commands = top.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="consume documents, publish duplicate flags (settings: TWINFLAG_*)")
@@ -35,6 +37,11 @@ def parser() -> argparse.ArgumentParser:
         "--index", type=Path, help="embedded index to match against and add to (default: fresh)"
     )
     scan.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
+    scan.add_argument(
+        "--read-only",
+        action="store_true",
+        help="check each line against the index alone; write nothing to it (needs --index)",
+    )
     scan.add_argument("--batch-size", type=int, default=256)
     scan.add_argument("--quiet", action="store_true", help="no progress bar")
     scan.set_defaults(func=cmd_scan)
@@ -45,6 +52,14 @@ def parser() -> argparse.ArgumentParser:
     index.add_argument("--batch-size", type=int, default=256)
     index.add_argument("--quiet", action="store_true", help="no progress bar")
     index.set_defaults(func=cmd_index)
+
+    serve = commands.add_parser(
+        "serve", help="the HTTP API: check, add and delete posts (settings: TWINFLAG_HTTP__*)"
+    )
+    serve.add_argument("--model", type=Path, help="model directory (default: TWINFLAG_MODEL__PATH)")
+    serve.add_argument("--index", type=Path, help="embedded index directory (default: TWINFLAG_INDEX__*)")
+    serve.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
+    serve.set_defaults(func=cmd_serve)
 
     settings = commands.add_parser("settings", help="show the settings (values, secrets masked)")
     settings.add_argument("--markdown", action="store_true", help="every setting as a Markdown table")

@@ -27,6 +27,10 @@ Semantics worth knowing (the visibility rule itself is in ``worker.core.decide``
   side of a batch boundary a match sat. ``stage`` ("batch" or "index") does depend on the boundaries.
   Across partitions, what a document can see depends on the source handing records out in order-key
   order (``worker.kafka.source.KafkaSource`` merges its partitions by timestamp; README, "Reruns agree").
+- Read-only (``StepConfig.read_only``: ``scan --read-only``, the HTTP API's check,
+  ``twinflag.Detector.check``): the same phases with no index write (no deletion, no upsert) and an
+  all-false in-batch visibility, so each document is decided against the index alone, whatever else
+  shares its batch.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class StepConfig:
     tombstones: TombstoneScope = "all_tenants"  # what a tombstone deletes (worker.core.parse)
     policy: Policy | None = None  # how to decide; None: flag when the best cosine ≥ ``threshold``
     keep_text: int = 0  # characters of each post kept with its point, for a verifier to read later
+    read_only: bool = False  # a check: no index writes, and each document judged against the index alone
 
     @property
     def decision(self) -> Policy:
@@ -155,7 +160,8 @@ def prepare_batch(records: Sequence[Record], index: VectorIndex, config: StepCon
         result.documents, result.deletions = len(docs), len(deletions)
         result.dead_letters = sum(isinstance(p.item, DeadLetterReason) for p in parsed)
     with timer("delete"):
-        _delete(index, [deletion for _, deletion in deletions])
+        if not config.read_only:
+            _delete(index, [deletion for _, deletion in deletions])
     with timer("exact"):
         visible = visibility(
             [d.order for d in docs],
@@ -163,6 +169,8 @@ def prepare_batch(records: Sequence[Record], index: VectorIndex, config: StepCon
             [d.document.id for d in docs],
             [d.deleted for d in docs],
         )
+        if config.read_only:  # independent questions: a check never matches another check of its batch
+            visible[:] = False
         first_version = first_versions(docs)
         exact_path(docs, visible, index, first_version)
         result.exact = sum(d.exact is not None for d in docs)
@@ -214,7 +222,7 @@ def finish_batch(
         verdicts = [doc.first or verdict for doc, verdict in zip(docs, verdicts, strict=True)]
         result.flags = sum(v.flagged for v in verdicts)
     with timer("upsert"):  # before any send: no flag leaves before its decision is stored
-        points = _points(docs, verdicts, config.model_version, config.keep_text)
+        points = [] if config.read_only else _points(docs, verdicts, config.model_version, config.keep_text)
         if points:
             index.upsert(points)
     with timer("messages"):

@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from worker.core import logs
+from worker.core.errors import FatalError
 from worker.service.settings import WorkerSettings, settings_markdown
 from worker.service.status import Readiness
 from worker.service.wiring import (
@@ -59,6 +60,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     logs.configure(settings.log_level, settings.log_format)
+    if args.read_only and args.index is None:
+        raise FatalError("scan --read-only checks against an index: give it --index")
     encoder, threshold = load_model(settings, args.model)
     decision = decision_of(settings, encoder, args.threshold)
     threshold = args.threshold if args.threshold is not None else threshold
@@ -79,6 +82,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
             max_message_bytes=settings.max_message_bytes,
             progress=not args.quiet,
             decision=decision,
+            read_only=args.read_only,
         )
     point = decision.policy.point("default")
     print(json.dumps({"threshold": point, **asdict(summary)}))
@@ -121,4 +125,26 @@ def cmd_settings(args: argparse.Namespace) -> int:
         sys.stdout.write(settings_markdown())
     else:
         print(load_settings().model_dump_json(indent=2))  # secrets print as '**********'
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The HTTP API (``worker.service.http``) over the index, through the stream's batch step."""
+    from worker.service.direct import open_direct
+    from worker.service.http import serve
+
+    settings = load_settings()
+    logs.configure(settings.log_level, settings.log_format)
+    if not settings.http.keys:
+        raise FatalError('TWINFLAG_HTTP__KEYS is empty: give each tenant a key ({"tenant": "key"})')
+    stop_on_signals()  # uvicorn stops on SIGTERM/SIGINT, then hands the signal back to this flag: exit 0
+    with ExitStack() as stack:
+        direct = open_direct(
+            args.model if args.model is not None else settings.model.path,
+            args.index,
+            settings,
+            stack,
+            args.threshold,
+        )
+        serve(direct, settings.http)
     return EXIT_OK

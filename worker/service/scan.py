@@ -24,7 +24,7 @@ from worker.core.logs import get_logger
 from worker.core.outcome import DeadLettered, Decided, RecordOutcome
 from worker.core.policy import DecisionPlan
 from worker.core.ports import Encoder, VectorIndex
-from worker.core.records import Record
+from worker.core.records import MAX_TIMESTAMP_MS, Record
 from worker.core.step import StepConfig, run_batch
 
 SCAN_PARTITION = 1
@@ -40,7 +40,9 @@ class ScanSummary:
     deletions: int = 0
 
 
-def jsonl_records(path: Path, partition: int, batch_size: int) -> Iterator[tuple[list[Record], int]]:
+def jsonl_records(
+    path: Path, partition: int, batch_size: int, timestamp_ms: int = 0
+) -> Iterator[tuple[list[Record], int]]:
     """Lines of a JSONL file as records, ``batch_size`` at a time, with the bytes each batch consumed."""
     batch: list[Record] = []
     consumed = 0
@@ -48,7 +50,7 @@ def jsonl_records(path: Path, partition: int, batch_size: int) -> Iterator[tuple
         for line_no, raw in enumerate(source, start=1):
             consumed += len(raw)
             value = raw.rstrip(b"\r\n")
-            batch.append(Record(path.name, partition, line_no, 0, key=None, value=value))
+            batch.append(Record(path.name, partition, line_no, timestamp_ms, key=None, value=value))
             if len(batch) >= batch_size:
                 yield batch, consumed
                 batch, consumed = [], 0
@@ -81,10 +83,14 @@ def scan(
     max_message_bytes: int = 1_000_000,
     progress: bool = True,
     decision: DecisionPlan | None = None,
+    read_only: bool = False,
 ) -> ScanSummary:
     """Decide every line of ``input_path`` against earlier lines (and the index); write ``output_path``.
 
-    The documents are upserted into ``index`` like the stream's; the caller owns (and closes) it.
+    The documents are upserted into ``index`` like the stream's; the caller owns (and closes) it. With
+    ``read_only`` (``scan --read-only``) each line is checked against the whole index alone (the largest
+    timestamp: stream and API documents included), as the HTTP API's check does
+    (``StepConfig.read_only``): nothing is written, deletions included.
     """
     index.ensure(encoder.dim, encoder.version)
     config = StepConfig(
@@ -94,6 +100,7 @@ def scan(
         max_message_bytes=max_message_bytes,
         policy=None if decision is None else decision.policy,
         keep_text=0 if decision is None else decision.keep_text,
+        read_only=read_only,
     )
     verifier = None if decision is None else decision.verifier
     summary = ScanSummary()
@@ -101,9 +108,11 @@ def scan(
         output_path.open("w", encoding="utf-8") as sink,
         progress_bar(input_path, "scan", enabled=progress) as bar,
     ):
-        for records, consumed in jsonl_records(input_path, SCAN_PARTITION, batch_size):
+        stamp = MAX_TIMESTAMP_MS if read_only else 0  # a check sees every stored document
+        for records, consumed in jsonl_records(input_path, SCAN_PARTITION, batch_size, stamp):
             result = run_batch(records, encoder, index, config, verifier)
-            index.maintain()
+            if not read_only:
+                index.maintain()
             by_line = {o.record.offset: o for o in result.outcomes}
             for record in records:
                 sink.write(_line(record.offset, by_line[record.offset]) + "\n")
@@ -113,7 +122,8 @@ def scan(
             summary.errors += result.dead_letters
             summary.deletions += result.deletions
             bar.update(consumed)
-    index.flush()
+    if not read_only:
+        index.flush()
     log.info("scan_done", input=input_path.name, **asdict(summary))
     return summary
 

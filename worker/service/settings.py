@@ -14,7 +14,7 @@ import json
 import types
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.core.parse import TombstoneScope
@@ -24,6 +24,43 @@ from worker.model.config import ModelSettings
 
 ENV_PREFIX = "TWINFLAG_"
 NESTED_DELIMITER = "__"
+
+
+class HttpSettings(BaseModel):
+    """The HTTP API of ``python -m worker serve`` (``worker.service.http``): ``TWINFLAG_HTTP__*``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="Address of the HTTP API (`0.0.0.0` in a container).")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port of the HTTP API.")
+    keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='API keys by tenant, JSON: `{"tenant-a": "key-a"}`. A key sees and changes only its '
+        "tenant's documents. `serve` refuses to start without one.",
+    )
+    max_body_bytes: int = Field(
+        default=262_144, ge=1024, description="Largest request body; larger ones get 413."
+    )
+    max_text_chars: int = Field(
+        default=20_000, ge=1, description="Longest text a request may carry; longer ones get 422."
+    )
+    timeout_s: float = Field(
+        default=10.0, gt=0, description="Longest a request waits for its answer; then 503 (`timeout`)."
+    )
+    max_batch: int = Field(
+        default=64, ge=1, description="Most requests answered by one batch step (checks wait together)."
+    )
+    max_pending: int = Field(
+        default=1024, ge=1, description="Requests queued at most; more get 503 (`busy`) at once."
+    )
+
+    @field_validator("keys")
+    @classmethod
+    def _distinct(cls, keys: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        values = [key.get_secret_value() for key in keys.values()]
+        if len(set(values)) != len(values) or any(len(value) < 16 for value in values):
+            raise ValueError("each tenant needs its own key of at least 16 characters")
+        return keys
 
 
 class WorkerSettings(BaseSettings):
@@ -44,6 +81,9 @@ class WorkerSettings(BaseSettings):
         default_factory=lambda: IndexSettings(), description="Vector index settings."
     )
     model: ModelSettings = Field(default_factory=lambda: ModelSettings(), description="Model settings.")
+    http: HttpSettings = Field(
+        default_factory=lambda: HttpSettings(), description="HTTP API settings (`serve`)."
+    )
     top_k: int = Field(default=5, ge=1, le=100, description="Matches listed on a flag (best first).")
     commit_interval_ms: int = Field(
         default=5000,
@@ -94,6 +134,8 @@ class WorkerSettings(BaseSettings):
 
 def _type_name(annotation: Any) -> str:
     origin = get_origin(annotation)
+    if origin is dict:
+        return "JSON object"
     if origin is Literal:
         return " \\| ".join(f'`"{arg}"`' for arg in get_args(annotation))
     if origin in (Union, types.UnionType):

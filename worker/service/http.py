@@ -1,0 +1,386 @@
+"""The HTTP API of ``python -m worker serve``: check a post before publishing it, add it, delete it.
+
+``POST /v1/check`` (read-only: would this post be flagged, against what), ``POST /v1/documents`` (check
+and add), ``DELETE /v1/documents/{tenant}/{id}``, ``GET /healthz``; the OpenAPI description at
+``/openapi.json`` (pages at ``/docs``). Every answer comes from the stream's batch step through
+``worker.service.direct.DirectStep``; this module only speaks HTTP.
+
+- Keys: ``Authorization: Bearer <key>``; each key belongs to one tenant (``TWINFLAG_HTTP__KEYS``) and
+  sees and changes only that tenant's documents (another tenant named in a request: 403).
+- Bounds: the body (``max_body_bytes``: 413, counted as it arrives, not trusted from Content-Length),
+  the text (``max_text_chars``: 422), the wait (``timeout_s``: 503 ``timeout``) and the queue
+  (``max_pending``: 503 ``busy``). Every error is JSON: ``{"error": {"code", "message"}}``.
+- Batching: requests wait in one queue; one thread drains it and answers everything waiting with one
+  batch step per kind (all the checks together: one encoder call, one index search), so throughput
+  grows with concurrency instead of each request paying its own step.
+- Logs: one ``http.batch`` event per step (counts, milliseconds); never a text, a key or an id.
+
+FastAPI (on Starlette, served by uvicorn): request and response models are the pydantic models the
+worker already uses, validation errors and the OpenAPI description come from them, and it is widely
+used and maintained; the standard library's ``http.server`` (the status endpoint's) has neither.
+
+No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations at run time,
+and the dependencies they name are local to ``create_app``.
+"""
+
+import asyncio
+import hmac
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from worker import __version__
+from worker.core.decide import DecidedBy
+from worker.core.logs import get_logger
+from worker.core.messages import DeadLetter, Decision, Deletion
+from worker.core.ports import Stage
+from worker.service.direct import CHECK_ID, Answer, DirectStep, Post
+from worker.service.settings import HttpSettings
+
+log = get_logger("http")
+
+# ------------------------------------------------------------------------------------------ models
+
+
+class CheckRequest(BaseModel):
+    """A post to check. ``tenant`` defaults to the key's; ``id`` (optional) is the post's own id when it
+    is an edit of a stored post: a post never matches itself."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    text: str = Field(min_length=1)
+    tenant: str | None = None
+    id: str | None = Field(default=None, min_length=1)
+
+
+class DocumentRequest(BaseModel):
+    """A post to check and add to the tenant's index."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: str = Field(min_length=1)
+    text: str = Field(min_length=1)
+    tenant: str | None = None
+    created_at: str | None = Field(default=None, description="ISO-8601")
+
+
+class MatchOut(BaseModel):
+    id: str
+    score: float
+
+
+class DecisionOut(BaseModel):
+    """The decision, as on the stream's ``decisions`` topic (without the Kafka source)."""
+
+    id: str
+    tenant: str
+    flagged: bool
+    duplicate_of: str | None
+    score: float | None
+    probability: float | None
+    matches: list[MatchOut]
+    stage: Stage | None
+    decided_by: DecidedBy | None
+    verifier_score: float | None
+    model: str
+    added: bool = Field(description="The post was added to the index (POST /v1/documents).")
+
+
+class Deleted(BaseModel):
+    tenant: str
+    id: str
+    deleted: Literal[True] = True
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+def decision_out(decision: Decision, *, added: bool) -> DecisionOut:
+    fields = decision.model_dump(exclude={"source"})
+    if not added and fields["id"] == CHECK_ID:
+        fields["id"] = ""
+    return DecisionOut(**fields, added=added)
+
+
+class ApiError(HTTPException):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(status, message)
+        self.code = code
+
+
+# ----------------------------------------------------------------------------------------- batching
+
+
+@dataclass(slots=True)
+class _Job:
+    kind: Literal["check", "write"]
+    item: Post | Deletion
+    future: Future[Answer | None] = field(default_factory=Future)
+
+
+class Batcher:
+    """One thread answering queued jobs in batches: consecutive checks as one read-only step, consecutive
+    adds and deletions as one writing step (in arrival order)."""
+
+    def __init__(self, direct: DirectStep, max_batch: int, max_pending: int) -> None:
+        self._direct, self._max_batch = direct, max_batch
+        self._queue: queue.Queue[_Job | None] = queue.Queue(max_pending)
+        self._thread = threading.Thread(target=self._run, name="http-batcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+
+    def submit(self, kind: Literal["check", "write"], item: Post | Deletion) -> Future[Answer | None]:
+        job = _Job(kind, item)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise ApiError(503, "busy", "too many requests waiting; retry later") from None
+        return job.future
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            jobs = [first]
+            while len(jobs) < self._max_batch:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                jobs.append(job)
+            start = 0
+            for end in range(1, len(jobs) + 1):  # runs of one kind, in arrival order
+                if end == len(jobs) or jobs[end].kind != jobs[start].kind:
+                    self._answer(jobs[start:end])
+                    start = end
+
+    def _answer(self, jobs: list[_Job]) -> None:
+        started = time.perf_counter()
+        kind = jobs[0].kind
+        try:
+            answers: list[Answer | None]
+            if kind == "check":
+                answers = list(self._direct.check([j.item for j in jobs if isinstance(j.item, Post)]))
+            else:
+                answers = self._direct.write([j.item for j in jobs])
+        except Exception as error:  # process-level (index, encoder): every waiting request gets a 500
+            log.exception("http.batch_failed", kind=kind, requests=len(jobs))
+            for job in jobs:
+                job.future.set_exception(error)
+            return
+        for job, answer in zip(jobs, answers, strict=True):
+            job.future.set_result(answer)
+        log.info(
+            "http.batch", kind=kind, requests=len(jobs), ms=round((time.perf_counter() - started) * 1000, 3)
+        )
+
+
+# -------------------------------------------------------------------------------------------- limits
+
+
+class BodyLimit:
+    """ASGI middleware: a body over ``limit`` bytes gets 413, whatever its Content-Length says."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(scope, receive, send)
+            return
+        seen, over = 0, False
+
+        async def counted() -> MutableMapping[str, Any]:
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    over = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        async def guarded(message: MutableMapping[str, Any]) -> None:
+            if not over:
+                await send(message)
+
+        await self.app(scope, counted, guarded)
+        if over:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        response = error_response(413, "too_large", f"request body over {self.limit} bytes")
+        await response(scope, receive, send)
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+# ----------------------------------------------------------------------------------------------- app
+
+
+def create_app(direct: DirectStep, settings: HttpSettings) -> FastAPI:
+    """The API over one ``DirectStep``; its batching thread runs while the app is being served."""
+    batcher = Batcher(direct, settings.max_batch, settings.max_pending)
+    keys = {tenant: key.get_secret_value().encode() for tenant, key in settings.keys.items()}
+    bearer = HTTPBearer(auto_error=False, description="The tenant's API key (TWINFLAG_HTTP__KEYS).")
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        log.info("http.started", tenants=len(keys), model=direct.model_version)
+        yield
+        await asyncio.to_thread(batcher.stop, settings.timeout_s)
+
+    app = FastAPI(
+        title="twinflag",
+        version=__version__,
+        description="Near-duplicate checks against the worker's index: would this post be flagged?",
+        lifespan=lifespan,
+        responses={code: {"model": ErrorOut} for code in (400, 401, 403, 413, 422, 503)},
+    )
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    def key_tenant(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+        given = b"" if credentials is None else credentials.credentials.encode()
+        found = None
+        for tenant, key in keys.items():  # every key compared, in constant time each
+            if hmac.compare_digest(given, key):
+                found = tenant
+        if found is None:
+            raise ApiError(401, "unauthorized", "a valid API key is needed: Authorization: Bearer <key>")
+        return found
+
+    def tenant_of(requested: str | None, own: str) -> str:
+        if requested is not None and requested != own:
+            raise ApiError(403, "forbidden", "this key belongs to another tenant")
+        return own
+
+    def bounded(text: str) -> None:
+        if len(text) > settings.max_text_chars:
+            raise ApiError(422, "text_too_long", f"text over {settings.max_text_chars} characters")
+
+    async def answer(kind: Literal["check", "write"], item: Post | Deletion) -> Answer | None:
+        future = batcher.submit(kind, item)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), settings.timeout_s)
+        except TimeoutError:
+            raise ApiError(503, "timeout", f"no answer within {settings.timeout_s} s") from None
+
+    def refused(letter: DeadLetter) -> ApiError:
+        return ApiError(422, letter.code, letter.reason)
+
+    @app.post("/v1/check", response_model=DecisionOut, summary="Would this post be flagged? (read-only)")
+    async def check(body: CheckRequest, own: Annotated[str, Depends(key_tenant)]) -> DecisionOut:
+        bounded(body.text)
+        post = Post(body.text, tenant_of(body.tenant, own), body.id or CHECK_ID)
+        found = await answer("check", post)
+        if isinstance(found, DeadLetter):
+            raise refused(found)
+        assert isinstance(found, Decision)
+        return decision_out(found, added=False)
+
+    @app.post("/v1/documents", response_model=DecisionOut, summary="Check a post and add it")
+    async def add(body: DocumentRequest, own: Annotated[str, Depends(key_tenant)]) -> DecisionOut:
+        bounded(body.text)
+        post = Post(body.text, tenant_of(body.tenant, own), body.id, body.created_at)
+        found = await answer("write", post)
+        if isinstance(found, DeadLetter):
+            raise refused(found)
+        assert isinstance(found, Decision)
+        return decision_out(found, added=True)
+
+    @app.delete("/v1/documents/{tenant}/{doc_id:path}", response_model=Deleted, summary="Remove a post")
+    async def delete(tenant: str, doc_id: str, own: Annotated[str, Depends(key_tenant)]) -> Deleted:
+        tenant = tenant_of(tenant, own)
+        if not await asyncio.to_thread(direct.exists, tenant, doc_id):
+            raise ApiError(404, "not_found", "no such document in this tenant")
+        await answer("write", Deletion(id=doc_id, tenant=tenant))
+        return Deleted(tenant=tenant, id=doc_id)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
+        code = error.code if isinstance(error, ApiError) else _CODES.get(error.status_code, "error")
+        return error_response(error.status_code, code, str(error.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = list(error.errors())
+        if any(p.get("type") == "json_invalid" for p in problems):
+            return error_response(400, "invalid_json", "the body is not JSON")
+        where = "; ".join(  # the location and the message, never the input (it may be the text)
+            f"{'.'.join(str(part) for part in p.get('loc', ()))}: {p.get('msg', '')}" for p in problems
+        )
+        return error_response(422, "invalid_request", where[:1000])
+
+    @app.exception_handler(Exception)
+    async def failed(_request: Request, _error: Exception) -> JSONResponse:
+        return error_response(500, "internal", "the request failed; see the worker's log")
+
+    return app
+
+
+_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+
+
+def serve(direct: DirectStep, settings: HttpSettings) -> None:
+    """Serve the API until SIGTERM or SIGINT (uvicorn's handlers: requests in flight are finished)."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        create_app(direct, settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # structlog's configuration stands; uvicorn's own lines go through logging
+        access_log=False,  # paths carry tenants and ids
+        timeout_graceful_shutdown=max(1, round(settings.timeout_s)),
+        server_header=False,
+    )
+    log.info("http.listening", host=settings.host, port=settings.port)
+    uvicorn.Server(config).run()
