@@ -6,8 +6,9 @@ Jaccard, the bilstm (when ``models/bilstm`` exists) and the transformer it was d
   query the tenant's earlier posts, then insert) over the same generated stream, alternated and
   repeated so a noisy machine hurts both alike; also the wall clock of ``python -m worker scan`` as a
   user runs it (process start and model load included);
-- stream F1: each model at its shipped decision through ``python -m worker scan``, MinHash LSH at its
-  best threshold in hindsight (a sweep: its most favourable setting), on ``demo/posts.jsonl`` and a
+- stream F1: each model at its shipped decision through ``python -m worker scan``; MinHash LSH at the
+  threshold with its best F1 on the stream ``make fast`` calibrates on (seed 3), held fixed, and at its
+  best threshold in hindsight per stream (its most favourable setting); on ``demo/posts.jsonl`` and a
   generated stream of another seed;
 - average precision on the pair sets nobody trained on: the untrained half of qqp dev, the held-out
   tenths of mrpc and twitter, paws dev.
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.stream_quality import BILSTM, evaluate_stream
+from bench.stream_quality import BILSTM, at, evaluate_stream, scored_minhash, sweep
 from bench.throughput import ROOT, default_model, make_stream
 from bench.train_quality import HOLDOUT, UNTRAINED
 from devkit.baselines import MinHashLSHStream, char_jaccard
@@ -44,6 +45,7 @@ from worker.model.static import load_static
 from worker.service.scan import scan
 
 FAST = ROOT / "models" / "fast"
+CALIBRATION_SEED = 3  # the stream make fast calibrates the fast model's threshold on
 DATA = ROOT.parent / "shared" / "data"
 
 
@@ -235,21 +237,43 @@ def main(argv: list[str] | None = None) -> None:
             ]
             posts, truth = make_stream(args.n, args.seed, work / "generated")
             streams.append(evaluate_stream(f"generated-{args.n}-seed{args.seed}", posts, truth, models, work))
+            stream_files = [(ROOT / "demo" / "posts.jsonl", ROOT / "demo" / "truth.jsonl"), (posts, truth)]
             streams[-1]["path"] = f"python -m devkit.posts --n {args.n} --seed {args.seed}"
+            # MinHash's own "shipped" threshold, chosen as make fast chooses the fast model's: the best F1
+            # on the generated calibration stream (seed 3), then held fixed on the evaluation streams
+            calibration = make_stream(args.n, CALIBRATION_SEED, work / "calibration")
+            minhash_threshold = float(
+                sweep(scored_minhash(read_jsonl(calibration[0])), read_jsonl(calibration[1]))["best"][
+                    "threshold"
+                ]
+            )
             summary = []
-            for r in streams:
+            for r, (posts_path, truth_path) in zip(streams, stream_files, strict=True):
                 methods = r["methods"]
+                p, rc, f1, flags = at(
+                    scored_minhash(read_jsonl(posts_path)), minhash_threshold, read_jsonl(truth_path)
+                )
+                methods["minhash-lsh"]["calibrated"] = {
+                    "threshold": minhash_threshold,
+                    "precision": p,
+                    "recall": rc,
+                    "f1": f1,
+                    "flags": flags,
+                }
                 line = {"stream": r["stream"], "posts": r["posts"]}
                 for label in models:
                     line[f"{label}_shipped_f1"] = methods[label]["shipped"]["f1"]
                     line[f"{label}_shipped_threshold"] = methods[label]["shipped_threshold"]
                 line["minhash_best_f1"] = methods["minhash-lsh"]["best"]["f1"]
                 line["minhash_best_threshold"] = methods["minhash-lsh"]["best"]["threshold"]
+                line["minhash_calibrated_f1"] = f1
+                line["minhash_calibrated_threshold"] = minhash_threshold
                 summary.append(line)
                 print(
                     f"F1 {r['stream']:<24} "
                     + "  ".join(f"{k} {methods[k]['shipped']['f1']:.3f} (shipped)" for k in models)
-                    + f"  minhash-lsh {line['minhash_best_f1']:.3f} (best threshold "
+                    + f"  minhash-lsh {f1:.4f} (threshold {minhash_threshold:.3f}, best on seed "
+                    f"{CALIBRATION_SEED}), {line['minhash_best_f1']:.4f} (best threshold in hindsight "
                     f"{line['minhash_best_threshold']:.3f})",
                     flush=True,
                 )

@@ -47,7 +47,7 @@ from trainer.stream import Post, compare, simulate
 from trainer.verifier import VerifierRecipe
 from worker.core.logs import get_logger
 from worker.model.manifest import Manifest, StaticParams, Thresholds
-from worker.model.static import TABLE, StaticEncoder, features, plain_normalizer
+from worker.model.static import LEXICAL_WEIGHT, TABLE, StaticEncoder, features, plain_normalizer
 from worker.model.tokenizer import pad_token_id
 
 if TYPE_CHECKING:
@@ -521,7 +521,8 @@ def write_static_dir(
     path: Path, manifest: Manifest, table: NDArray[np.floating], tokenizer: Tokenizer
 ) -> Manifest:
     """A static model directory, written atomically by ``save_model_dir`` (which stamps the version):
-    the table as float16 under ``embedding.weight``, the tokenizer, the manifest."""
+    the table as float16 under ``embedding.weight`` and the manifest's lexical weight beside it (in
+    the weights, so the version changes with it), the tokenizer, the manifest."""
     import torch
     from torch import nn
 
@@ -532,7 +533,11 @@ def write_static_dir(
     holder.embedding.register_buffer(
         "weight", torch.from_numpy(np.ascontiguousarray(table, dtype=np.float16))
     )
-    assert set(holder.state_dict()) == {TABLE}
+    params = manifest.hyperparameters
+    assert isinstance(params, StaticParams)
+    # the lexical weight changes every vector: it lives in the weights, so the version names it
+    holder.register_buffer(LEXICAL_WEIGHT, torch.tensor([params.lexical_weight], dtype=torch.float64))
+    assert set(holder.state_dict()) == {TABLE, LEXICAL_WEIGHT}
     return save_model_dir(path, Manifest.model_validate(manifest.model_dump()), holder, tokenizer)
 
 

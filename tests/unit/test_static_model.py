@@ -93,6 +93,15 @@ def test_tampered_weights_are_refused(tmp_path: Path, tokenizer: Tokenizer) -> N
         load_static(model)
 
 
+def test_a_lexical_weight_the_weights_do_not_hold_is_refused(tmp_path: Path, tokenizer: Tokenizer) -> None:
+    model = random_model(tmp_path / "fast", tokenizer)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["hyperparameters"]["lexical_weight"] = 0.9  # other vectors under the same version
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFormatError, match="lexical_weight"):
+        load_static(model)
+
+
 def test_hidden_characters_and_look_alikes_change_nothing(tmp_path: Path, tokenizer: Tokenizer) -> None:
     encoder = load_static(random_model(tmp_path / "fast", tokenizer))
     original = "Free money now, click the link to claim your prize"

@@ -10,7 +10,8 @@ vocabulary: a typo changes a few n-grams, not the whole word. The vector is the 
 rows, L2-normalised (the rows' norms are their learned weights).
 
 A directory holds ``manifest.json`` (architecture ``static``, ``StaticParams``), ``model.safetensors``
-(one float16 tensor, ``embedding.weight``, of ``vocab_size + buckets`` rows) and ``tokenizer.json``:
+(``embedding.weight``, float16, ``vocab_size + buckets`` rows; ``lexical_weight``, the share of the
+cosine the n-gram part holds, which the version must cover) and ``tokenizer.json``:
 JSON and safetensors only, nothing that runs code.
 """
 
@@ -36,6 +37,7 @@ from worker.model.manifest import (
 from worker.model.tokenizer import HOMOGLYPHS, UNK_TOKEN, configure_tokenizer
 
 TABLE = "embedding.weight"
+LEXICAL_WEIGHT = "lexical_weight"  # a one-element tensor: the weights' hash, so the version, covers it
 CHARS_PER_TOKEN = 32  # as ``worker.model.encode``: what a hostile post may cost before truncation
 
 _MIX = np.uint64(0xBF58476D1CE4E5B9)  # splitmix64's multiplier
@@ -254,8 +256,18 @@ def load_static(path: str | Path) -> StaticEncoder:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelFormatError(f"{path}: not a safetensors file: {error}") from error
-    if set(tensors) != {TABLE}:
-        raise ModelFormatError(f"{path}: a static model holds {TABLE} only, not {sorted(tensors)}")
+    if set(tensors) != {TABLE, LEXICAL_WEIGHT}:
+        raise ModelFormatError(
+            f"{path}: a static model holds {TABLE} and {LEXICAL_WEIGHT}, not {sorted(tensors)}"
+        )
+    params = manifest.hyperparameters
+    stored = tensors[LEXICAL_WEIGHT]
+    if (
+        not isinstance(params, StaticParams)
+        or stored.shape != (1,)
+        or float(stored[0]) != params.lexical_weight
+    ):
+        raise ModelFormatError(f"{path}: the weights' {LEXICAL_WEIGHT} does not match the manifest's")
     try:
         tokenizer = Tokenizer.from_file(str(required_file(root, TOKENIZER_FILE)))
     except Exception as error:  # tokenizers raises a bare Exception on malformed JSON
