@@ -12,7 +12,7 @@ from typing import Any
 
 from worker.core.messages import DeadLetter, Decision, Deletion, Match
 from worker.service.direct import CHECK_ID, Answer, DirectStep, Post, open_direct
-from worker.service.settings import WorkerSettings
+from worker.service.settings import WorkerSettings, load_from_environment
 
 __all__ = ["Decision", "Detector", "InvalidDocumentError", "Match"]
 
@@ -48,7 +48,7 @@ class Detector:
         from the ``TWINFLAG_*`` environment like the worker's."""
         stack = ExitStack()
         try:
-            chosen = settings if settings is not None else WorkerSettings()
+            chosen = settings if settings is not None else load_from_environment()
             direct = open_direct(Path(model), Path(index), chosen, stack, threshold)
         except BaseException:
             stack.close()

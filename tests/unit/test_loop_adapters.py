@@ -349,3 +349,28 @@ def test_producer_timestamps_are_reported_once_per_partition() -> None:
     warned = [e for e in events if e["event"] == "producer_timestamps"]
     assert [e["partition"] for e in warned] == ["documents/0"]
     assert "LogAppendTime" in warned[0]["advice"]
+
+
+def test_an_unreachable_server_is_named_with_the_setting_that_holds_its_address() -> None:
+
+    from worker.service.settings import WorkerSettings
+    from worker.service.wiring import retrying
+
+    settings = WorkerSettings.model_validate(
+        {"kafka": {"bootstrap_servers": "broker-x:9092"}, "index": {"url": "http://u:pw@qdrant:6333"}}
+    )
+    stop = threading.Event()
+
+    def refused() -> None:
+        stop.set()  # one attempt is enough to see the line
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    with structlog.testing.capture_logs() as logs:
+        assert retrying("consumer", refused, settings, stop) is None
+        stop.clear()
+        assert retrying("index", refused, settings, stop) is None
+    kafka_line, index_line = [line for line in logs if line["event"] == "unavailable"]
+    assert kafka_line["address"] == "broker-x:9092"
+    assert kafka_line["setting"] == "TWINFLAG_KAFKA__BOOTSTRAP_SERVERS"
+    assert index_line["setting"] == "TWINFLAG_INDEX__URL"
+    assert "pw" not in index_line["address"]  # credentials never reach a log

@@ -87,3 +87,29 @@ def test_scan_over_a_loaded_corpus_sees_all_of_it(tmp_path: Path) -> None:
     scan(posts, out, encoder, index, threshold=0.8, progress=False)
     (line,) = read_lines(out)
     assert (line["duplicate_of"], line["stage"]) == ("spam", "exact")
+
+
+def test_a_missing_input_is_refused_before_the_model_loads(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "scan",
+            "--model",
+            str(tmp_path / "no-model"),
+            "--input",
+            str(tmp_path / "missing.jsonl"),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"error: scan: no input file at {tmp_path / 'missing.jsonl'}"  # one line
+    assert not (tmp_path / "out.jsonl").exists()

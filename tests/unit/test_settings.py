@@ -163,3 +163,25 @@ def test_the_dead_letter_limit_comes_from_the_setting_the_created_topic_or_the_b
     assert config.dead_letter_limit(KafkaSettings(), True, 1_000_000) == created - overhead
     monkeypatch.setattr(config, "topic_message_limit", lambda kafka, topic: None)
     assert config.dead_letter_limit(KafkaSettings(), False, 1_000_000) == 1_000_000  # under Kafka's default
+
+
+def test_an_unknown_variable_is_refused_with_the_close_names(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TWINFLAG_COLLECTION", "forum")  # the group's setting is TWINFLAG_INDEX__COLLECTION
+    monkeypatch.setenv("TWINFLAG_KAFKA__BOOTSTRAP_SERVER", "b:9092")  # one letter short
+    monkeypatch.setenv("TWINFLAG_TRAIN_LR", "1e-4")  # the trainer's: not the worker's business
+    with pytest.raises(SystemExit) as stopped:
+        load_settings()
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown setting TWINFLAG_COLLECTION (did you mean TWINFLAG_INDEX__COLLECTION?)" in err
+    assert (
+        "unknown setting TWINFLAG_KAFKA__BOOTSTRAP_SERVER (did you mean TWINFLAG_KAFKA__BOOTSTRAP_SERVERS"
+        in err
+    )
+    assert "TRAIN_LR" not in err
+    monkeypatch.delenv("TWINFLAG_COLLECTION")
+    monkeypatch.delenv("TWINFLAG_KAFKA__BOOTSTRAP_SERVER")
+    monkeypatch.setenv("TWINFLAG_INDEX__COLLECTION", "forum")
+    assert load_settings().index.collection == "forum"

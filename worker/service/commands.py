@@ -17,7 +17,12 @@ from pydantic import ValidationError
 
 from worker.core import logs
 from worker.core.errors import FatalError
-from worker.service.settings import WorkerSettings, settings_markdown
+from worker.service.settings import (
+    UnknownSettingError,
+    WorkerSettings,
+    load_from_environment,
+    settings_markdown,
+)
 from worker.service.status import Readiness
 from worker.service.wiring import (
     EXIT_CONFIG,
@@ -33,7 +38,11 @@ from worker.service.wiring import (
 def load_settings() -> WorkerSettings:
     """Settings from the environment; an invalid one exits 2 naming the setting, never its value."""
     try:
-        return WorkerSettings()
+        return load_from_environment()
+    except UnknownSettingError as error:
+        for line in str(error).split("; "):
+            print(line, file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
     except ValidationError as error:
         for problem in error.errors(include_input=False, include_url=False):
             where = "__".join(str(part).upper() for part in problem["loc"])
@@ -62,6 +71,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level, settings.log_format)
     if args.read_only and args.index is None:
         raise FatalError("scan --read-only checks against an index: give it --index")
+    if not args.input.is_file():  # checked before the model loads (seconds) and the output is created
+        raise FatalError(f"scan: no input file at {args.input}")
     encoder, threshold = load_model(settings, args.model)
     decision = decision_of(settings, encoder, args.threshold)
     threshold = args.threshold if args.threshold is not None else threshold

@@ -10,8 +10,11 @@ where a client is built. ``settings_markdown()`` renders every setting for the R
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
 import types
+from collections.abc import Mapping
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -130,6 +133,64 @@ class WorkerSettings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="`auto`: console on a terminal, JSON lines otherwise."
     )
+
+
+OTHER_PROCESSES = ("TWINFLAG_TRAIN_",)
+"""Prefixes another process of the project owns (the trainer's ``TrainSettings``): not the worker's."""
+
+
+def setting_names() -> list[str]:
+    """Every variable ``WorkerSettings`` reads: ``TWINFLAG_TOP_K``, ``TWINFLAG_KAFKA__BOOTSTRAP_SERVERS``...
+    (a group may also be given whole, as JSON: ``TWINFLAG_KAFKA``)."""
+    names = []
+    for name, field in WorkerSettings.model_fields.items():
+        names.append(f"{ENV_PREFIX}{name.upper()}")
+        group = field.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            names += [
+                f"{ENV_PREFIX}{name.upper()}{NESTED_DELIMITER}{sub.upper()}" for sub in group.model_fields
+            ]
+    return names
+
+
+def unknown_variables(environ: Mapping[str, str]) -> dict[str, list[str]]:
+    """``TWINFLAG_*`` variables no setting reads (a typo is silently ignored otherwise), each with the
+    closest setting names."""
+    known = setting_names()
+    return {
+        name: _close_names(name.upper(), known)
+        for name in sorted(environ)
+        if name.upper().startswith(ENV_PREFIX)
+        and not name.upper().startswith(OTHER_PROCESSES)
+        and name.upper() not in known
+    }
+
+
+def _close_names(name: str, known: list[str]) -> list[str]:
+    """Settings whose own name is the one given (``COLLECTION`` → ``INDEX__COLLECTION``), then the
+    nearest spellings, compared without the shared prefix."""
+    last = name.rsplit(NESTED_DELIMITER, 1)[-1].removeprefix(ENV_PREFIX)
+    same = [k for k in known if k.rsplit(NESTED_DELIMITER, 1)[-1].removeprefix(ENV_PREFIX) == last]
+    bare = {k.removeprefix(ENV_PREFIX): k for k in known}
+    near = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), list(bare), n=2, cutoff=0.75)
+    return list(dict.fromkeys([*same, *(bare[n] for n in near)]))[:3]
+
+
+def load_from_environment() -> WorkerSettings:
+    """The settings of this process: ``ValueError`` naming each ``TWINFLAG_*`` variable that no setting
+    reads, with the close names; pydantic's ``ValidationError`` for a setting out of range."""
+    unknown = unknown_variables(os.environ)
+    if unknown:
+        lines = [
+            f"unknown setting {name}" + (f" (did you mean {' or '.join(close)}?)" if close else "")
+            for name, close in unknown.items()
+        ]
+        raise UnknownSettingError("; ".join(lines))
+    return WorkerSettings()
+
+
+class UnknownSettingError(ValueError):
+    """A ``TWINFLAG_*`` variable that no setting reads."""
 
 
 def _type_name(annotation: Any) -> str:

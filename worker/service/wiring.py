@@ -27,7 +27,7 @@ from worker.core.messages import DEFAULT_DEAD_LETTER_BYTES
 from worker.core.policy import DecisionPlan, Policy
 from worker.core.ports import BatchPublisher, Encoder, RecordSource, VectorIndex
 from worker.core.step import StepConfig
-from worker.index.config import IndexSettings
+from worker.index.config import IndexSettings, mask_credentials
 from worker.kafka.config import consumer_options, dead_letter_limit, ensure_topics, producer_options
 from worker.model.manifest import ModelFormatError, calibrated_policy
 from worker.service.loop import run as run_loop
@@ -203,8 +203,18 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
+def server_of(what: str, settings: WorkerSettings) -> dict[str, str]:
+    """Where a client connects and the setting that says so: what an operator fixes when it is down."""
+    if what == "index":
+        if settings.index.url is None:
+            return {"address": str(settings.index.path), "setting": "TWINFLAG_INDEX__PATH"}
+        return {"address": mask_credentials(settings.index.url), "setting": "TWINFLAG_INDEX__URL"}
+    return {"address": settings.kafka.bootstrap_servers, "setting": "TWINFLAG_KAFKA__BOOTSTRAP_SERVERS"}
+
+
 def retrying(what: str, build: Callable[[], T], settings: WorkerSettings, stop: threading.Event) -> T | None:
-    """Build a client, backing off while its server is unavailable; None if stopped meanwhile."""
+    """Build a client, backing off while its server is unavailable; None if stopped meanwhile. Each
+    retry's log line names the address and the setting that holds it."""
     backoff, failures = backoff_of(settings), 0
     rng = random.Random()  # noqa: S311 -- jitter for retries, not secrets
     while not stop.is_set():
@@ -215,7 +225,13 @@ def retrying(what: str, build: Callable[[], T], settings: WorkerSettings, stop: 
                 raise
             failures += 1
             delay = backoff.wait_s(failures, rng)
-            log.warning("unavailable", what=what, error=type(error).__name__, retry_in_s=round(delay, 3))
+            log.warning(
+                "unavailable",
+                what=what,
+                **server_of(what, settings),
+                error=type(error).__name__,
+                retry_in_s=round(delay, 3),
+            )
             stop.wait(delay)
     return None
 
