@@ -42,6 +42,7 @@ from worker.model.manifest import (
     TOKENIZER_FILE,
     Manifest,
     ModelFormatError,
+    Thresholds,
 )
 from worker.model.verify import VERIFIER_CONFIG, VERIFIER_WEIGHTS
 
@@ -123,12 +124,16 @@ def quantize(
     check_sets: Sequence[PairSet] = (),
     max_ap_drop: float = 0.005,
     report_sets: Sequence[PairSet] = (),
+    calibration: PairSet | None = None,
 ) -> tuple[Manifest, list[Check]]:
     """Write the int8 copy of ``model_dir`` at ``out`` (atomically); return its manifest and the checks.
 
     Both models score each of ``check_sets`` and ``report_sets`` first; nothing is written when the
     average precision on one of ``check_sets`` drops by more than ``max_ap_drop``. ``report_sets`` are
-    measured and returned (``Check.gated`` False), never a reason to refuse.
+    measured and returned (``Check.gated`` False), never a reason to refuse. With ``calibration`` (the
+    pairs the float32 threshold was chosen on), the copy's threshold is chosen again there, at the same
+    target precision: int8 moves cosines by up to a few thousandths, and a threshold near 0.97 feels it.
+    A calibrated decision (the manifest's ``stream``) is kept as it is.
     """
     root = check_model_dir(model_dir)
     manifest = read_manifest(root)
@@ -155,6 +160,10 @@ def quantize(
             }
         )
         (staging / MANIFEST_FILE).write_text(final.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        if calibration is not None:  # the copy loads now: its own threshold, then the manifest again
+            final = final.model_copy(update={"thresholds": _recalibrate(staging, manifest, calibration)})
+            final = Manifest.model_validate(final.model_dump())
+            (staging / MANIFEST_FILE).write_text(final.model_dump_json(indent=2) + "\n", encoding="utf-8")
         (staging / README_FILE).write_text(model_readme(final), encoding="utf-8")
         for file in staging.iterdir():
             file.chmod(0o644)
@@ -182,6 +191,18 @@ def quantize(
 
 class QualityError(ValueError):
     """The int8 copy ranks pairs worse than allowed."""
+
+
+def _recalibrate(int8_dir: Path, manifest: Manifest, pairs: PairSet) -> Thresholds:
+    from trainer.evaluate import calibrate, score_pairs
+    from worker.model.onnx import OnnxEncoder
+
+    name, text_a, text_b, labels = pairs
+    scores = score_pairs(OnnxEncoder(int8_dir).embed, text_a, text_b)
+    target = manifest.thresholds.target_precision or 0.95
+    thresholds, _ = calibrate(scores, labels, target, manifest.thresholds.calibrated_on or name)
+    log.info("quantize_recalibrated", before=manifest.thresholds.decision, after=thresholds.decision, on=name)
+    return thresholds
 
 
 def _check(

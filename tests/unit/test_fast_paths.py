@@ -168,3 +168,19 @@ def test_export_onnx_writes_a_graph_that_embeds_as_the_worker(tmp_path: Path) ->
     )
     (vectors,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
     np.testing.assert_allclose(vectors, encoder.embed(TEXTS), atol=1e-5)
+
+
+def test_the_int8_threshold_is_chosen_again_on_the_calibration_pairs(tmp_path: Path) -> None:
+    from trainer.evaluate import score_pairs
+    from trainer.quantize import quantize
+
+    model = tiny_transformer_dir(tmp_path)
+    pairs = ("tiny dev", TEXTS[:3], TEXTS[3:], [1, 0, 1])
+    manifest, _ = quantize(model, tmp_path / "int8", calibration=pairs)
+    scores = score_pairs(load_encoder(tmp_path / "int8", "cpu").embed, TEXTS[:3], TEXTS[3:])
+    # The float32 model's 0.7 was never chosen on these pairs; the copy's threshold is one of its own
+    # scores on them, at the target precision (0.95 by default: only pairs above the best negative).
+    assert manifest.thresholds.calibrated_on == "tiny dev"
+    assert manifest.thresholds.decision == pytest.approx(sorted(scores)[-1], abs=1e-6) or (
+        manifest.thresholds.decision > scores[1]
+    )
