@@ -5,7 +5,7 @@ and the fast static model when one is built; and each one's start-up (process st
    it on the pairs no default model trained on (the untrained half of QQP dev, the held-out tenths of
    MRPC and Twitter, PAWS dev).
 2. Texts/s of each encoder alone on the same generated stream, in alternating rounds (A B A B ...) so
-   that the machine's noise falls on both; the median of the rounds, and the ratio.
+   that the machine's noise falls on both, each run in its own process; the median, and the ratio.
 3. ``worker scan`` posts/s with each (encoder + exact path + index + decisions), in process.
 4. Start-up: ``python -m worker scan`` on a one-post file, wall clock from process start to exit, the
    median of three: the time before a worker gives its first decision.
@@ -33,6 +33,7 @@ from devkit.posts import read_jsonl
 
 DATA = ROOT.parent / "shared" / "data"
 SCAN = [sys.executable, "-m", "worker", "scan"]
+RATE = [sys.executable, "-m", "bench.speed", "--rate-of"]
 
 
 def startup_seconds(model: Path, work: Path, repeats: int = 3) -> float:
@@ -62,16 +63,33 @@ def startup_seconds(model: Path, work: Path, repeats: int = 3) -> float:
 
 
 def interleaved_rates(
-    encoders: dict[str, Any], texts: list[str], batch: int, rounds: int
+    models: dict[str, Path], posts: Path, batch: int, rounds: int, device: str = "cpu"
 ) -> dict[str, float]:
-    """Median texts/s of each encoder over ``rounds`` alternating passes over the same texts."""
-    for encoder in encoders.values():
-        encoder.embed(texts[:batch])  # warm: first-call set-up is start-up's, not throughput's
-    rates: dict[str, list[float]] = {name: [] for name in encoders}
+    """Median texts/s of each encoder over ``rounds`` alternating runs on the same texts, each run in a
+    process of its own: torch's and ONNX Runtime's thread pools in one process slow each other (both
+    spin after a call), which made int8 look no faster than float32 in one process."""
+    rates: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
-        for name, encoder in encoders.items():
-            rates[name].append(encoder_rate(encoder, texts, batch))
+        for name, model in models.items():
+            out = subprocess.run(
+                [*RATE, str(model), "--posts", str(posts), "--batch", str(batch), "--device", device],
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            )
+            rates[name].append(float(out.stdout.strip().splitlines()[-1]))
     return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def rate_of(model: Path, posts: Path, batch: int, device: str) -> float:
+    """Texts/s of one model's encoder alone, after one warm-up batch (``--rate-of``)."""
+    from worker.model.encode import load_encoder
+
+    texts = [str(post["text"]) for post in read_jsonl(posts)]
+    encoder = load_encoder(model, device)
+    encoder.embed(texts[:batch])  # first-call set-up is start-up's, not throughput's
+    return encoder_rate(encoder, texts, batch)
 
 
 def measure(n: int, batch: int, rounds: int, max_pairs: int, work: Path) -> dict[str, Any]:
@@ -89,11 +107,11 @@ def measure(n: int, batch: int, rounds: int, max_pairs: int, work: Path) -> dict
     fast = ROOT / "models" / "fast"
     if (fast / "manifest.json").is_file():
         models["fast (static)"] = fast
-    encoders = {name: load_encoder(path, "cpu") for name, path in models.items()}
     posts_file, _ = make_stream(n, seed=11, out_dir=work / "stream")
     texts = [str(post["text"]) for post in read_jsonl(posts_file)]
     print(f"encoders alone on {len(texts)} posts, {rounds} alternating rounds", flush=True)
-    rates = interleaved_rates(encoders, texts, batch, rounds)
+    rates = interleaved_rates(models, posts_file, batch, rounds)
+    encoders = {name: load_encoder(path, "cpu") for name, path in models.items()}
     print("worker scan (in process) on the same posts", flush=True)
     threshold = {name: encoder.threshold for name, encoder in encoders.items()}
     scans = {
@@ -107,7 +125,9 @@ def measure(n: int, batch: int, rounds: int, max_pairs: int, work: Path) -> dict
         on_gpu = load_encoder(model, "cuda")
         gpu = {
             "device": "cuda",
-            "encoder texts/s": interleaved_rates({"float32 (autocast)": on_gpu}, texts, batch, rounds),
+            "encoder texts/s": interleaved_rates(
+                {"float32 (autocast)": model}, posts_file, batch, rounds, "cuda"
+            ),
             "scan posts/s": scan_rate(on_gpu, posts_file, batch, on_gpu.threshold, work),
         }
     base = rates["float32"]
@@ -169,7 +189,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-pairs", type=int, default=2000, help="pairs per AP set")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speed.json")
+    parser.add_argument("--rate-of", type=Path, help=argparse.SUPPRESS)  # one encoder's rate, in a child
+    parser.add_argument("--posts", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rate_of is not None:
+        print(rate_of(args.rate_of, args.posts, args.batch, args.device))
+        return
     with tempfile.TemporaryDirectory(prefix="twinflag-speed-") as work:
         result = measure(args.n, args.batch, args.rounds, args.max_pairs, Path(work))
     result["command"] = "python -m bench.speed " + " ".join(argv if argv is not None else sys.argv[1:])
