@@ -523,6 +523,7 @@ def test_result_counts_timings_and_payload() -> None:
         "verifier_score": None,
         "model": "hash-trigram-v1",
         "source": {"topic": "documents", "partition": 0, "offset": 0},
+        "meta": None,
     }
 
 
@@ -653,3 +654,20 @@ def test_a_post_the_model_cannot_read_matches_by_its_exact_text_only(split: bool
     assert (flagged["again"]["duplicate_of"], flagged["again"]["stage"]) == ("up", "exact")
     decisions = {d["id"]: d for d in publisher.json(DECISIONS)}
     assert decisions["down"]["matches"] == decisions["word"]["matches"] == []
+
+
+def test_a_posts_meta_comes_back_on_its_flag_and_decision_when_small() -> None:
+    thread = {"thread": "t-42", "author": "u-7", "url": "https://forum.example/t/42"}
+    big = {"blob": "x" * 5000}  # over MAX_META_BYTES: stays in the input record only
+    records = [
+        raw_record(json.dumps({"id": "a", "text": SPAM, "meta": {"thread": "t-1"}}).encode(), 0),
+        raw_record(json.dumps({"id": "b", "text": SPAM_TYPO, "meta": thread}).encode(), 1),
+        raw_record(json.dumps({"id": "c", "text": SPAM_SPACED, "meta": big}).encode(), 2),
+    ]
+    _, publisher = step(records, MemoryIndex())
+    flagged = flags(publisher)
+    assert flagged["b"]["meta"] == thread  # as sent, for the moderator's tools
+    assert flagged["c"]["meta"] is None
+    decisions = {d["id"]: d for d in publisher.json(DECISIONS)}
+    assert decisions["a"]["meta"] == {"thread": "t-1"}
+    assert decisions["c"]["meta"] is None

@@ -169,6 +169,8 @@ class DuplicateFlag(_Out):
     model: str
     detected_at: str
     source: Source
+    meta: dict[str, Any] | None = None
+    """The post's own ``meta``, as sent, when it is at most ``MAX_META_BYTES`` of JSON; else null."""
 
 
 class Decision(_Out):
@@ -186,6 +188,8 @@ class Decision(_Out):
     verifier_score: Score | None
     model: str
     source: Source
+    meta: dict[str, Any] | None = None
+    """As on a flag: the post's own ``meta``, when small enough."""
 
 
 class DeadLetter(_Out):
@@ -282,7 +286,21 @@ def decision_message(record: Record, document: Document, verdict: Verdict, model
         verifier_score=verdict.verifier_score,
         model=model,
         source=source_of(record),
+        meta=meta_of(document),
     )
+
+
+MAX_META_BYTES = 4096
+"""The largest ``meta`` (compact JSON) a flag or decision carries back: enough for a thread id, an
+author, a URL; a larger one stays in the input record (``source`` says where) and is null here."""
+
+
+def meta_of(document: Document) -> dict[str, Any] | None:
+    """The document's ``meta`` to pass through, or None when it has none or it is too large."""
+    if not document.meta:
+        return None
+    size = len(json.dumps(document.meta, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    return document.meta if size <= MAX_META_BYTES else None
 
 
 def flag_message(
@@ -306,6 +324,7 @@ def flag_message(
         model=model,
         detected_at=timestamp_iso(record.timestamp_ms),
         source=source_of(record),
+        meta=meta_of(document),
     )
 
 
