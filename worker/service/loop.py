@@ -63,10 +63,13 @@ def run(
     readiness = readiness if readiness is not None else Readiness()
     timeouts = (flush_timeout_s, commit_interval_s)
     work = _Work(consumer, (encoder, verifier), index, publisher, config, topics, metrics, timeouts)
-    failures, last_record = 0, time.monotonic()
+    failures, last_record, committed = 0, time.monotonic(), 0
     rng = random.Random()  # noqa: S311 -- jitter for retries, not secrets
     with ThreadPoolExecutor(1, thread_name_prefix="twinflag-embed") as embedder:
         while True:
+            if work.done > committed:  # a commit went through: an outage, if any, is over
+                committed, failures = work.done, 0
+                readiness.backing_off = False
             room = None if max_messages is None else max_messages - work.done - work.in_flight
             if not work.sent and (stop.is_set() or room == 0):
                 break
@@ -110,8 +113,11 @@ def run(
                 stop.wait(delay)
                 continue
             if records:
-                failures, last_record = 0, time.monotonic()
-                readiness.backing_off = False
+                # Not ready again yet: records buffered before an outage decide fine, but only a commit
+                # (up to commit_interval_s later) shows the broker is back.
+                last_record = time.monotonic()
+    if work.done > committed:
+        readiness.backing_off = False
     return work.done
 
 
