@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import torch
     from tokenizers import Tokenizer
 
+    from worker.model.manifest import Manifest
     from worker.model.onnx import OnnxEncoder
 
 
@@ -119,7 +120,31 @@ def embed_texts(
     return out
 
 
-class TorchEncoder:
+class ManifestEncoder:
+    """The ``Encoder`` port's properties, answered from the model directory's manifest: written once for
+    the torch, ONNX Runtime and numpy encoders."""
+
+    manifest: Manifest
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def max_tokens(self) -> int:
+        return self.manifest.max_tokens
+
+    @property
+    def threshold(self) -> float:
+        """The manifest's decision threshold (the worker may override it)."""
+        return self.manifest.thresholds.decision
+
+
+class TorchEncoder(ManifestEncoder):
     """A model directory run by torch: the production ``Encoder``.
 
     Device and autocast dtype are fixed here, once (bf16 on CUDA when supported, else fp16; float32
@@ -151,23 +176,6 @@ class TorchEncoder:
         self.autocast_dtype: torch.dtype | None = None
         if self.device == "cuda":
             self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-    @property
-    def dim(self) -> int:
-        return self.manifest.dim
-
-    @property
-    def version(self) -> str:
-        return self.manifest.version
-
-    @property
-    def max_tokens(self) -> int:
-        return self.manifest.max_tokens
-
-    @property
-    def threshold(self) -> float:
-        """The manifest's decision threshold (the worker may override it)."""
-        return self.manifest.thresholds.decision
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return embed_texts(

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from worker.model.encode import clip_for_tokenizer, is_unit_probe, known_texts, token_batches
+from worker.model.encode import ManifestEncoder, clip_for_tokenizer, is_unit_probe, known_texts, token_batches
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -53,7 +53,7 @@ def session_options(threads: int | None = None) -> Any:
     return options
 
 
-class OnnxEncoder:
+class OnnxEncoder(ManifestEncoder):
     """A ``precision: int8`` model directory behind the worker's ``Encoder`` port (CPU only)."""
 
     def __init__(
@@ -99,22 +99,6 @@ class OnnxEncoder:
             )
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
-
-    @property
-    def dim(self) -> int:
-        return self.manifest.dim
-
-    @property
-    def version(self) -> str:
-        return self.manifest.version
-
-    @property
-    def max_tokens(self) -> int:
-        return self.manifest.max_tokens
-
-    @property
-    def threshold(self) -> float:
-        return self.manifest.thresholds.decision
 
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Float32 unit rows in input order; batching as ``encode.embed_texts`` does it."""

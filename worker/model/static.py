@@ -27,6 +27,7 @@ from tokenizers import Tokenizer
 
 from worker.core.normalize import normalize
 from worker.model.directory import check_model_dir, model_version, read_manifest, required_file
+from worker.model.encode import ManifestEncoder
 from worker.model.manifest import (
     TOKENIZER_FILE,
     WEIGHTS_FILE,
@@ -172,7 +173,7 @@ def _unit(x: NDArray[np.float32]) -> NDArray[np.float32]:
     return out
 
 
-class StaticEncoder:
+class StaticEncoder(ManifestEncoder):
     """A static model directory as the worker's ``Encoder`` (``worker.core.ports``): numpy only.
 
     ``embed`` folds, featurises and pools (see the module docstring); one text's vector never depends
@@ -201,23 +202,6 @@ class StaticEncoder:
         self.root = root
         unknown = self.tokenizer.token_to_id(getattr(self.tokenizer.model, "unk_token", UNK_TOKEN))
         self._unknown = -1 if unknown is None else int(unknown)
-
-    @property
-    def dim(self) -> int:
-        return self.manifest.dim
-
-    @property
-    def version(self) -> str:
-        return self.manifest.version
-
-    @property
-    def max_tokens(self) -> int:
-        return self.manifest.max_tokens
-
-    @property
-    def threshold(self) -> float:
-        """The manifest's decision threshold (the worker may override it)."""
-        return self.manifest.thresholds.decision
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
