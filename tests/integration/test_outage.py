@@ -8,10 +8,11 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from devkit.broker import free_port, wait_for_port
@@ -52,6 +53,15 @@ def proxied_broker(tmp_path: Path) -> Iterator[tuple[str, CuttableProxy]]:
             process.wait(10)
 
 
+class PacedEncoder(HashEncoder):
+    """A HashEncoder that takes 0.1 s a batch: the 400 posts outlast the moment the test cuts the broker
+    (the free one finished them all first in some runs, and an idle worker cannot see an outage)."""
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        time.sleep(0.1)
+        return super().embed(texts)
+
+
 def test_broker_outage_backs_off_commits_nothing_and_resumes(
     proxied_broker: tuple[str, CuttableProxy], names: Names, tmp_path: Path
 ) -> None:
@@ -61,7 +71,7 @@ def test_broker_outage_backs_off_commits_nothing_and_resumes(
     produce_posts(broker, names.input, posts)
     settings = worker_settings(broker, names, tmp_path / "index", max_poll_records=20)
     encoder, readiness, stop = (
-        HashEncoder(),
+        PacedEncoder(),
         Readiness(model_loaded=True, index_ready=True),
         threading.Event(),
     )
