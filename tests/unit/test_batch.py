@@ -671,3 +671,19 @@ def test_a_posts_meta_comes_back_on_its_flag_and_decision_when_small() -> None:
     decisions = {d["id"]: d for d in publisher.json(DECISIONS)}
     assert decisions["a"]["meta"] == {"thread": "t-1"}
     assert decisions["c"]["meta"] is None
+
+
+def test_a_flag_says_when_the_earlier_post_arrived() -> None:
+    index = MemoryIndex()
+    step([doc_record("a", SPAM, 0, timestamp_ms=1_700_000_000_000)], index)  # from the index, later on
+    _, publisher = step(
+        [
+            doc_record("c", CAT, 1, timestamp_ms=1_700_000_500_000),
+            doc_record("b", SPAM_TYPO, 2, timestamp_ms=1_700_003_600_000),
+            doc_record("d", CAT, 3, timestamp_ms=1_700_003_600_500),  # an exact copy, in the same batch
+        ],
+        index,
+    )
+    flagged = flags(publisher)
+    assert flagged["b"]["duplicate_of_at"] == "2023-11-14T22:13:20.000Z"  # a's record time
+    assert flagged["d"]["duplicate_of_at"] == "2023-11-14T22:21:40.000Z"  # c's

@@ -152,6 +152,7 @@ def test_dumps_is_sorted_compact_and_rounded() -> None:
     flag = DuplicateFlag(
         id="b",
         duplicate_of="a",
+        duplicate_of_at=timestamp_iso(0),
         score=0.91234567,
         probability=None,
         threshold=0.85,
@@ -167,7 +168,8 @@ def test_dumps_is_sorted_compact_and_rounded() -> None:
     data = dumps(flag)
     assert data == dumps(flag.model_copy())
     assert data.startswith(
-        b'{"decided_by":"encoder","detected_at":"1970-01-01T00:00:00.000Z","duplicate_of":"a","id":"b"'
+        b'{"decided_by":"encoder","detected_at":"1970-01-01T00:00:00.000Z","duplicate_of":"a",'
+        b'"duplicate_of_at":"1970-01-01T00:00:00.000Z","id":"b"'
     )
     assert b'"score":0.912346' in data
     assert b'{"id":"c","score":0.0}' in data

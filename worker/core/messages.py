@@ -158,6 +158,8 @@ class DuplicateFlag(_Out):
 
     id: str
     duplicate_of: str
+    duplicate_of_at: str
+    """When the earlier post arrived: its record time (ISO-8601, UTC), the clock "earlier" is read on."""
     score: Score
     probability: Score | None
     threshold: Score
@@ -313,6 +315,7 @@ def flag_message(
     return DuplicateFlag(
         id=document.id,
         duplicate_of=match.doc_id,
+        duplicate_of_at=timestamp_iso(match.order[0]),
         score=match.score,
         probability=verdict.probability,
         threshold=threshold,
