@@ -178,12 +178,13 @@ def run_quantize(
 ) -> None:
     """``trainer quantize``: the int8 copy, checked on held-out pairs when a data directory is given."""
     from trainer.quantize import quantize
-    from trainer.recipes import held_out_sets, other_dev_sets
+    from trainer.recipes import dev_half_name, find_pair_files, held_out_sets, other_dev_sets
 
     gated = held_out_sets(data_dir, max_pairs) if data_dir is not None else []
     reported = other_dev_sets(data_dir, max_pairs) if data_dir is not None else []
-    # the default recipe chose its threshold on the untrained half of the dev file: the first set
-    calibration = gated[0] if gated and "dev" in gated[0][0] else None
+    # the default recipe chose its threshold on the untrained half of the dev file
+    dev = find_pair_files(data_dir)[1] if data_dir is not None and data_dir.is_dir() else None
+    calibration = next((s for s in gated if dev is not None and s[0] == dev_half_name(dev)), None)
     manifest, checks = quantize(
         model, out, gated, max_ap_drop=max_ap_drop, report_sets=reported, calibration=calibration
     )

@@ -100,9 +100,14 @@ def held_out_sets(data_dir: Path, max_pairs: int | None) -> list[PairSet]:
     of the dev file and the held-out tenth of each training file (a fixed sample of ``max_pairs`` each;
     absent files and one-label sets left out)."""
     train_files, dev = find_pair_files(data_dir) if data_dir.is_dir() else ([], None)
-    chosen = [(f"{dev.parent.name} dev (untrained half)", dev, 1.0 - DEV_TRAIN_SPLIT)] if dev else []
+    chosen = [(dev_half_name(dev), dev, 1.0 - DEV_TRAIN_SPLIT)] if dev else []
     chosen += [(f"{path.parent.name} (held-out tenth)", path, HOLDOUT) for path in train_files]
     return _sets(chosen, max_pairs)
+
+
+def dev_half_name(dev: Path) -> str:
+    """The name of the dev file's untrained half: where the default recipe chose its threshold."""
+    return f"{dev.parent.name} dev (untrained half)"
 
 
 def other_dev_sets(data_dir: Path, max_pairs: int | None) -> list[PairSet]:
