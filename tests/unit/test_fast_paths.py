@@ -156,7 +156,7 @@ def test_quantize_refuses_to_write_a_copy_that_ranks_worse_than_allowed(tmp_path
 def test_export_onnx_writes_a_graph_that_embeds_as_the_worker(tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from worker.model.onnx import pad_ids
+    from worker.model.encode import pad_ids
 
     source = tiny_sentence_transformer(tmp_path / "st")
     export = ["export", "--from-pretrained", str(source), "--out", str(tmp_path / "m"), "--onnx"]

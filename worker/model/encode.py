@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
+from numpy.typing import NDArray
 
 from worker.model.tokenizer import UNK_TOKEN
 
@@ -58,6 +59,18 @@ def token_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size:
     if current:
         batches.append(current)
     return batches
+
+
+def pad_ids(ids: Sequence[Sequence[int]], pad_token_id: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Right-padded ids and their mask, both int64 ``(n, longest)``: the one padding, for ONNX Runtime
+    as it is and for torch through ``modules.pad_batch``."""
+    longest = max((len(row) for row in ids), default=0)
+    input_ids = np.full((len(ids), longest), pad_token_id, dtype=np.int64)
+    mask = np.zeros((len(ids), longest), dtype=np.int64)
+    for row, tokens in enumerate(ids):
+        input_ids[row, : len(tokens)] = tokens
+        mask[row, : len(tokens)] = 1
+    return input_ids, mask
 
 
 CHARS_PER_TOKEN = 32

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from worker.model.bert import BertConfig, BertModel
+from worker.model.encode import pad_ids
 from worker.model.manifest import BiLSTMParams
 
 
@@ -73,13 +74,8 @@ class BiLSTMEncoder(nn.Module):
 
 def pad_batch(ids: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token id lists to the longest: ``(input_ids, attention_mask)``, both int64 (n, longest)."""
-    longest = max((len(row) for row in ids), default=0)
-    input_ids = torch.full((len(ids), longest), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
-    for row, tokens in enumerate(ids):
-        input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        attention_mask[row, : len(tokens)] = 1
-    return input_ids, attention_mask
+    input_ids, attention_mask = pad_ids(ids, pad_token_id)
+    return torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
 
 
 def output_dim(module: nn.Module) -> int:

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from worker.model.encode import ManifestEncoder, clip_for_tokenizer, is_unit_probe, known_texts, token_batches
+from worker.model.encode import (
+    ManifestEncoder,
+    clip_for_tokenizer,
+    is_unit_probe,
+    known_texts,
+    pad_ids,
+    token_batches,
+)
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -28,17 +35,6 @@ if TYPE_CHECKING:
 
 INPUTS = ("input_ids", "attention_mask")
 """The graph's inputs (int64, ``(n, length)``); its one output is ``(n, dim)`` L2-normalised float32."""
-
-
-def pad_ids(ids: Sequence[Sequence[int]], pad_token_id: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """``modules.pad_batch`` in numpy: right-padded ids and the mask, both int64 ``(n, longest)``."""
-    longest = max((len(row) for row in ids), default=0)
-    input_ids = np.full((len(ids), longest), pad_token_id, dtype=np.int64)
-    mask = np.zeros((len(ids), longest), dtype=np.int64)
-    for row, tokens in enumerate(ids):
-        input_ids[row, : len(tokens)] = tokens
-        mask[row, : len(tokens)] = 1
-    return input_ids, mask
 
 
 def session_options(threads: int | None = None) -> Any:
