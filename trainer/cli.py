@@ -238,7 +238,8 @@ def run(args: argparse.Namespace) -> None:
                 args.model, args.out, args.data_dir, max_pairs=args.max_pairs, max_ap_drop=args.max_ap_drop
             )
         case "distill":
-            from trainer.distill import distill, recalibrate, recipe_for_budget
+            from trainer.distill import distill, recipe_for_budget
+            from trainer.static_model import recalibrate
 
             if args.calibrate_only:
                 if args.calibration_posts is None or args.calibration_truth is None:

@@ -15,7 +15,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from tests.fakes import MemoryIndex
-from trainer.distill import DistillRecipe, distill, static_manifest, write_static_dir
+from trainer.distill import DistillRecipe, distill
+from trainer.static_model import static_manifest, write_static_dir
 from trainer.vocab import train_wordpiece
 from worker.model.directory import read_manifest
 from worker.model.manifest import ModelFormatError, StaticParams
@@ -190,7 +191,7 @@ def test_distill_writes_a_calibrated_static_model(tmp_path: Path) -> None:
 def test_recalibrate_takes_the_best_f1_cosine_of_a_labelled_stream(
     tmp_path: Path, tokenizer: Tokenizer
 ) -> None:
-    from trainer.distill import recalibrate
+    from trainer.static_model import recalibrate
 
     model = random_model(tmp_path / "fast", tokenizer)
     version = read_manifest(model).version
