@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.core.parse import TombstoneScope
@@ -142,15 +143,7 @@ OTHER_PROCESSES = ("TWINFLAG_TRAIN_",)
 def setting_names() -> list[str]:
     """Every variable ``WorkerSettings`` reads: ``TWINFLAG_TOP_K``, ``TWINFLAG_KAFKA__BOOTSTRAP_SERVERS``...
     (a group may also be given whole, as JSON: ``TWINFLAG_KAFKA``)."""
-    names = []
-    for name, field in WorkerSettings.model_fields.items():
-        names.append(f"{ENV_PREFIX}{name.upper()}")
-        group = field.annotation
-        if isinstance(group, type) and issubclass(group, BaseModel):
-            names += [
-                f"{ENV_PREFIX}{name.upper()}{NESTED_DELIMITER}{sub.upper()}" for sub in group.model_fields
-            ]
-    return names
+    return [env for env, _, _ in _fields(WorkerSettings, ENV_PREFIX)]
 
 
 def unknown_variables(environ: Mapping[str, str]) -> dict[str, list[str]]:
@@ -210,14 +203,27 @@ def _type_name(annotation: Any) -> str:
     return str(annotation)
 
 
-def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str, str]]:
-    rows: list[tuple[str, str, str, str]] = []
+def _fields(model: type[BaseModel], prefix: str) -> list[tuple[str, FieldInfo, bool]]:
+    """Every variable of a settings class, with its field and whether it is a group (whose own
+    variable takes the group as JSON), each group followed by its members."""
+    found: list[tuple[str, FieldInfo, bool]] = []
     for name, field in model.model_fields.items():
         env = f"{prefix}{name.upper()}"
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            rows += _rows(annotation, env + NESTED_DELIMITER)
+            found.append((env, field, True))
+            found += _fields(annotation, env + NESTED_DELIMITER)
+        else:
+            found.append((env, field, False))
+    return found
+
+
+def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str, str]]:
+    rows: list[tuple[str, str, str, str]] = []
+    for env, field, group in _fields(model, prefix):
+        if group:  # the table lists a group's members
             continue
+        annotation = field.annotation
         if field.is_required():
             default = "required"
         elif field.default_factory is not None:
