@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from trainer.card import model_readme
 from trainer.recipes import PairSet
@@ -165,14 +166,15 @@ def quantize(
             }
         )
         (staging / MANIFEST_FILE).write_text(final.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        if calibration is not None:  # the copy loads now: its own threshold, then the manifest again
-            final = final.model_copy(update={"thresholds": _recalibrate(staging, manifest, calibration)})
-            final = Manifest.model_validate(final.model_dump())
-            (staging / MANIFEST_FILE).write_text(final.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        (staging / README_FILE).write_text(model_readme(final), encoding="utf-8")
         for file in staging.iterdir():
             file.chmod(0o644)
-        checks = _checks(root, staging, check_sets, report_sets)
+        checks, int8_scores = _checks(root, staging, check_sets, report_sets)  # the copy loads now
+        if calibration is not None:  # its own threshold, then the manifest again
+            thresholds = _recalibrate(staging, manifest, calibration, int8_scores.get(calibration[0]))
+            final = Manifest.model_validate(final.model_copy(update={"thresholds": thresholds}).model_dump())
+            (staging / MANIFEST_FILE).write_text(final.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        (staging / README_FILE).write_text(model_readme(final), encoding="utf-8")
+        (staging / README_FILE).chmod(0o644)
         failed = [c for c in checks if c.gated and c.drop > max_ap_drop]
         if failed:
             worst = max(failed, key=lambda c: c.drop)
@@ -197,12 +199,17 @@ class QualityError(ValueError):
     """The int8 copy ranks pairs worse than allowed."""
 
 
-def _recalibrate(int8_dir: Path, manifest: Manifest, pairs: PairSet) -> Thresholds:
+def _recalibrate(
+    int8_dir: Path, manifest: Manifest, pairs: PairSet, scores: NDArray[np.float64] | None
+) -> Thresholds:
+    """The float32 model's threshold rule on the copy's ``scores`` of ``pairs`` (scored here if the
+    checks did not already)."""
     from trainer.evaluate import calibrate, score_pairs
     from worker.model.onnx import OnnxEncoder
 
     name, text_a, text_b, labels = pairs
-    scores = score_pairs(OnnxEncoder(int8_dir).embed, text_a, text_b)
+    if scores is None:
+        scores = score_pairs(OnnxEncoder(int8_dir).embed, text_a, text_b)
     target = manifest.thresholds.target_precision or 0.95
     thresholds, _ = calibrate(scores, labels, target, manifest.thresholds.calibrated_on or name)
     log.info("quantize_recalibrated", before=manifest.thresholds.decision, after=thresholds.decision, on=name)
@@ -211,10 +218,11 @@ def _recalibrate(int8_dir: Path, manifest: Manifest, pairs: PairSet) -> Threshol
 
 def _checks(
     float32_dir: Path, int8_dir: Path, check_sets: Sequence[PairSet], report_sets: Sequence[PairSet]
-) -> list[Check]:
-    """Average precision of both models on every set (each model loaded once); report sets ungated."""
+) -> tuple[list[Check], dict[str, NDArray[np.float64]]]:
+    """Average precision of both models on every set (each model loaded once; report sets ungated),
+    and the copy's scores by set."""
     if not check_sets and not report_sets:
-        return []
+        return [], {}
     from sklearn.metrics import average_precision_score
 
     from trainer.evaluate import score_pairs
@@ -223,13 +231,13 @@ def _checks(
 
     reference = TorchEncoder(float32_dir, device="cpu")
     quantized = OnnxEncoder(int8_dir)
-    checks = []
-    for (name, text_a, text_b, labels), gated in [(s, True) for s in check_sets] + [
-        (s, False) for s in report_sets
-    ]:
+    checks, int8_scores = [], {}
+    sets = [(pairs, True) for pairs in check_sets] + [(pairs, False) for pairs in report_sets]
+    for (name, text_a, text_b, labels), gated in sets:
         y = np.asarray(labels)
+        int8_scores[name] = score_pairs(quantized.embed, text_a, text_b)
         full = float(average_precision_score(y, score_pairs(reference.embed, text_a, text_b)))
-        int8 = float(average_precision_score(y, score_pairs(quantized.embed, text_a, text_b)))
+        int8 = float(average_precision_score(y, int8_scores[name]))
         log.info("quantize_check", set=name, pairs=len(labels), float32=round(full, 4), int8=round(int8, 4))
         checks.append(Check(name, len(labels), full, int8, gated))
-    return checks
+    return checks, int8_scores
