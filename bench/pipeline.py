@@ -46,7 +46,7 @@ from bench.throughput import (
 )
 from devkit.broker import free_port, tansu
 from devkit.posts import generate, read_jsonl, write_stream
-from worker.core.ports import Candidate, HashQuery, IndexPoint, Query, StoredVector, VectorIndex
+from worker.core.ports import Candidate, Expiry, HashQuery, IndexPoint, Query, StoredVector, VectorIndex
 from worker.index.edge import EdgeIndex
 from worker.service.scan import scan
 
@@ -97,6 +97,9 @@ class NullIndex:
         pass
 
     def delete(self, tenant: str | None, doc_ids: Sequence[str]) -> int:
+        return 0
+
+    def expire(self, expiries: Sequence[Expiry]) -> int:
         return 0
 
     def count(self) -> int:

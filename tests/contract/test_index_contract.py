@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker.core.errors import IndexMismatchError
-from worker.core.ports import Candidate, HashQuery, IndexPoint, Query, VectorIndex
+from worker.core.ports import Candidate, Expiry, HashQuery, IndexPoint, Query, VectorIndex
 from worker.core.records import OrderKey
 from worker.index.edge import EdgeIndex
 from worker.index.memory import MemoryIndex
@@ -76,20 +76,34 @@ class Model:
             del self.points[key]
         return len(gone)
 
-    def candidates(self, tenant: str, before: OrderKey, doc_id: str) -> list[IndexPoint]:
+    def expire(self, expiry: Expiry) -> int:
+        gone = [
+            key
+            for key, p in self.points.items()
+            if p.order[0] < expiry.before_ts
+            and expiry.tenant in (None, p.tenant)
+            and p.tenant not in expiry.spared
+        ]
+        for key in gone:
+            del self.points[key]
+        return len(gone)
+
+    def candidates(self, q: Query | HashQuery) -> list[IndexPoint]:
         return [
-            p for p in self.points.values() if p.tenant == tenant and p.order < before and p.doc_id != doc_id
+            p
+            for p in self.points.values()
+            if p.tenant == q.tenant
+            and p.order < q.before
+            and p.doc_id != q.doc_id
+            and (q.after_ts is None or p.order[0] >= q.after_ts)
         ]
 
     def search(self, q: Query, k: int) -> list[str]:
-        scored = [
-            (-float(p.vector @ q.vector), p.order, p.doc_id)
-            for p in self.candidates(q.tenant, q.before, q.doc_id)
-        ]
+        scored = [(-float(p.vector @ q.vector), p.order, p.doc_id) for p in self.candidates(q)]
         return [doc for _, _, doc in sorted(scored)[:k]]
 
     def find_hash(self, q: HashQuery) -> str | None:
-        same = [p for p in self.candidates(q.tenant, q.before, q.doc_id) if p.text_hash == q.text_hash]
+        same = [p for p in self.candidates(q) if p.text_hash == q.text_hash]
         return min(same, key=lambda p: (p.order, p.doc_id)).doc_id if same else None
 
 
@@ -378,6 +392,62 @@ class TestVectorIndexContract:
         }
         assert index.find_hashes([HashQuery(t, "hash-Y", (9, 0), "q") for t in "ab"]) == [None, None]
 
+    # -- retention ----------------------------------------------------------------------------------
+
+    def test_a_retention_bound_hides_older_points_from_search_and_hash(self, backend: Backend) -> None:
+        """A post far enough after an old one no longer matches it; a post within the window does.
+        The bound holds with the read-in-order fast path too (queries later than every point)."""
+        rng = np.random.default_rng(14)
+        index = backend.ready()
+        v = unit(rng)
+        index.upsert(
+            [
+                point("old", v, order=(1_000, 5), text_hash="h"),
+                point("edge", v, order=(4_000, 0), text_hash="h"),
+                point("recent", v, order=(8_000, 0), text_hash="h"),
+            ]
+        )
+        for before in ((9_000, 0), (10**9, 0)):
+            got = index.search([Query(v, "a", before, "q"), Query(v, "a", before, "q", after_ts=4_000)], 10)
+            assert [sorted(n.doc_id for n in row) for row in got] == [
+                ["edge", "old", "recent"],
+                ["edge", "recent"],  # the bound is inclusive: ts == after_ts still matches
+            ]
+            hashes = index.find_hashes(
+                [
+                    HashQuery("a", "h", before, "q"),
+                    HashQuery("a", "h", before, "q", after_ts=1_001),
+                    HashQuery("a", "h", before, "q", after_ts=8_001),
+                ]
+            )
+            assert [c.doc_id if c else None for c in hashes] == ["old", "edge", None]
+        (within,) = index.search([Query(v, "a", (5_000, 0), "q", after_ts=1_000)], 10)
+        assert sorted(n.doc_id for n in within) == ["edge", "old"]
+
+    def test_expire_removes_old_points_of_a_tenant_or_all_but_the_spared(self, backend: Backend) -> None:
+        rng = np.random.default_rng(15)
+        index = backend.ready()
+        index.upsert(
+            [
+                point(f"{t}{ts}", unit(rng), tenant=t, order=(ts, 0), text_hash=f"h{ts}")
+                for t in "abc"
+                for ts in (1_000, 2_000, 3_000)
+            ]
+        )
+        assert index.expire([]) == 0
+        assert index.expire([Expiry(2_000, tenant="b")]) == 1  # b's own window
+        assert index.expire([Expiry(3_000, spared=frozenset({"b"}))]) == 4  # a and c: 1,000 and 2,000
+        assert index.expire([Expiry(3_000, spared=frozenset({"b"}))]) == 0  # gone already
+        assert index.count() == 4
+        kept = index.fetch([(t, f"{t}{ts}") for t in "abc" for ts in (1_000, 2_000, 3_000)])
+        assert sorted(kept) == [("a", "a3000"), ("b", "b2000"), ("b", "b3000"), ("c", "c3000")]
+        (got,) = index.search([Query(unit(rng), "a", (9_000, 0), "q")], 10)
+        assert [n.doc_id for n in got] == ["a3000"]
+        assert index.find_hashes([HashQuery("b", "h1000", (9_000, 0), "q")]) == [None]
+        assert index.find_hashes([HashQuery("b", "h2000", (9_000, 0), "q")]) == [
+            Candidate("b2000", 1.0, (2_000, 0), "exact")
+        ]
+
     # -- durability and maintenance -----------------------------------------------------------------
 
     def test_reopen_keeps_points_and_config(self, backend: Backend) -> None:
@@ -415,6 +485,8 @@ class TestVectorIndexContract:
         index.upsert(late)
         model.upsert(late)
         assert index.delete("a", ["d0"]) == model.delete("a", ["d0"]) == 1
+        ts0 = Expiry(1, tenant="b")  # b's points at ts 0, journaled like the deletions
+        assert index.expire([ts0]) == model.expire(ts0) == 30
         moved = [point("d1", unit(rng), tenant="b", order=(1, 1))]  # an overwrite, journaled too
         index.upsert(moved)
         model.upsert(moved)
@@ -450,10 +522,11 @@ class TestVectorIndexContract:
         assert index.delete(tenant, gone) == model.delete(tenant, gone)
         before = data.draw(st.tuples(st.integers(0, 4), st.integers(0, 7)))
         me = data.draw(st.sampled_from([p.doc_id for p in points] + ["new"]))
-        q = Query(unit(rng), tenant, before, me)
+        after = data.draw(st.none() | st.integers(1, 4))  # a retention bound, or none
+        q = Query(unit(rng), tenant, before, me, after_ts=after)
         (got,) = index.search([q], 4)
         assert [x.doc_id for x in got] == model.search(q, 4)
-        hq = [HashQuery(tenant, h, before, me) for h in "xyz"]
+        hq = [HashQuery(tenant, h, before, me, after_ts=after) for h in "xyz"]
         assert [x.doc_id if x else None for x in index.find_hashes(hq)] == [model.find_hash(h) for h in hq]
 
 

@@ -41,12 +41,14 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    """One search: this vector's tenant and order key bound what it may match."""
+    """One search: this vector's tenant and order key bound what it may match, and ``after_ts``, when
+    set, from below (retention: only points whose record time is at least this)."""
 
     vector: np.ndarray
     tenant: str
     before: OrderKey
     doc_id: str  # never returned as its own neighbour
+    after_ts: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,17 @@ class HashQuery:
     text_hash: str
     before: OrderKey
     doc_id: str
+    after_ts: int | None = None  # as ``Query.after_ts``: the earliest record time it may match
+
+
+@dataclass(frozen=True, slots=True)
+class Expiry:
+    """Points past their retention: record time ``ts < before_ts``, of ``tenant``, or (tenant None) of
+    every tenant but those ``spared`` (they have a retention of their own)."""
+
+    before_ts: int
+    tenant: str | None = None
+    spared: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,10 +162,11 @@ class VectorIndex(Protocol):
     Every point is one document of one tenant. Its point id is deterministic (a UUID5 of tenant and id,
     ``worker.index.payload.point_id``), so an upsert replayed after a crash overwrites itself. Each
     point carries its order key; searches only return points strictly earlier than the query's own
-    key, of the query's tenant, never the query's own id. So a batch replayed after a crash sees
-    exactly what it saw the first time, whatever the batch boundaries, and a document never matches
-    itself or a later post. Both parts of an order key must lie in ``[0, 2**53)`` (Qdrant compares
-    them through f64); implementations refuse keys outside it rather than compare them wrongly.
+    key (and, with a retention, of record time at least its ``after_ts``), of the query's tenant, never
+    the query's own id. So a batch replayed after a crash sees exactly what it saw the first time,
+    whatever the batch boundaries, and a document never matches itself or a later post. Both parts of
+    an order key must lie in ``[0, 2**53)`` (Qdrant compares them through f64); implementations refuse
+    keys outside it rather than compare them wrongly.
 
     Implementations pass one contract suite (``tests/contract/test_index_contract.py``), with the exact
     in-memory backend as the reference.
@@ -181,6 +195,10 @@ class VectorIndex(Protocol):
     def delete(self, tenant: str | None, doc_ids: Sequence[str]) -> int:
         """Remove documents (tenant None: in every tenant, as a Kafka tombstone cannot name one);
         returns how many points were removed."""
+
+    def expire(self, expiries: Sequence[Expiry]) -> int:
+        """Remove the points each expiry names (retention, in the background: searches and lookups
+        already pass them over through ``after_ts``); returns how many points were removed."""
 
     def count(self) -> int: ...
 

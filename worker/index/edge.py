@@ -34,7 +34,7 @@ import qdrant_edge as qe
 
 from worker.core.errors import IndexMismatchError
 from worker.core.logs import get_logger
-from worker.core.ports import Candidate, HashQuery, IndexPoint, Query, StoredVector
+from worker.core.ports import Candidate, Expiry, HashQuery, IndexPoint, Query, StoredVector
 from worker.core.records import OrderKey
 from worker.index import edge_optimize
 from worker.index.config import DEFAULT_OPTIMIZE_EVERY
@@ -50,6 +50,7 @@ from worker.index.payload import (
     candidate,
     check_model,
     earlier_filter,
+    expired_filter,
     find_earliest,
     payload,
     point_id,
@@ -68,8 +69,14 @@ class EdgeDialect:
     def below(self, key: str, value: int) -> qe.FieldCondition:
         return qe.FieldCondition(key, range=qe.RangeFloat(lt=float(value)))
 
+    def at_least(self, key: str, value: int) -> qe.FieldCondition:
+        return qe.FieldCondition(key, range=qe.RangeFloat(gte=float(value)))
+
     def any_of(self, conditions: list[Any]) -> qe.Filter:
         return qe.Filter(should=conditions)
+
+    def none_of(self, conditions: list[Any]) -> qe.Filter:
+        return qe.Filter(must_not=conditions)
 
     def all_of(self, conditions: list[Any], exclude_ids: Sequence[str] = ()) -> qe.Filter:
         if not exclude_ids:
@@ -216,7 +223,12 @@ class EdgeIndex:
                 limit=k,
                 query=qe.Query.Nearest(as_vector(q.vector, dim)),
                 filter=earlier_filter(
-                    _DIALECT, q.tenant, q.before, q.doc_id, all_earlier=q.before > self._latest
+                    _DIALECT,
+                    q.tenant,
+                    q.before,
+                    q.doc_id,
+                    after_ts=q.after_ts,
+                    all_earlier=q.before > self._latest,
                 ),
                 params=params,
                 with_payload=RESULT_FIELDS,
@@ -235,9 +247,7 @@ class EdgeIndex:
             qe.QueryRequest(
                 limit=HASH_PROBE,
                 query=qe.OrderBy(probe.order_by, qe.Direction.Asc),
-                filter=earlier_filter(
-                    _DIALECT, probe.query.tenant, probe.query.before, probe.query.doc_id, probe.equal()
-                ),
+                filter=probe.where(_DIALECT),
                 with_payload=RESULT_FIELDS,
                 with_vector=False,
             )
@@ -295,6 +305,16 @@ class EdgeIndex:
         if found:
             self._apply(qe.UpdateOperation.delete_points_by_filter(by_id))
         return found
+
+    def expire(self, expiries: Sequence[Expiry]) -> int:
+        shard, removed = self._open(), 0
+        for expiry in expiries:
+            where = expired_filter(_DIALECT, expiry)
+            found = shard.count(qe.CountRequest(exact=True, filter=where))
+            if found:
+                self._apply(qe.UpdateOperation.delete_points_by_filter(where))
+                removed += found
+        return removed
 
     # -- optimisation -------------------------------------------------------------------------------
 

@@ -2,8 +2,9 @@
 
 The reference backend: the contract suite (``tests/contract/test_index_contract.py``) holds the real
 backends against it, and the core's tests run on it. It follows every rule of
-``worker.core.ports.VectorIndex`` (tenants, strictly earlier order keys, never the document itself,
-keys inside ``[0, 2**53)``) and counts its calls, so a test can see what the batch step asked for.
+``worker.core.ports.VectorIndex`` (tenants, strictly earlier order keys, the retention bound, never the
+document itself, keys inside ``[0, 2**53)``) and counts its calls, so a test can see what the batch
+step asked for.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from worker.core.errors import IndexMismatchError
-from worker.core.ports import Candidate, HashQuery, IndexPoint, Query, StoredVector
+from worker.core.ports import Candidate, Expiry, HashQuery, IndexPoint, Query, StoredVector
 from worker.index.payload import check_key, point_id
 
 
@@ -54,7 +55,10 @@ class MemoryIndex:
             found = [
                 Candidate(p.doc_id, float(score), p.order, "index")
                 for p, score in zip(points, scores.tolist(), strict=True)
-                if p.tenant == query.tenant and p.doc_id != query.doc_id and p.order < query.before
+                if p.tenant == query.tenant
+                and p.doc_id != query.doc_id
+                and p.order < query.before
+                and _kept(p, query.after_ts)
             ]
             found.sort(key=lambda n: (-n.score, n.order, n.doc_id))
             results.append(found[: max(k, 0)])
@@ -72,6 +76,7 @@ class MemoryIndex:
                 and p.text_hash == query.text_hash
                 and p.doc_id != query.doc_id
                 and p.order < query.before
+                and _kept(p, query.after_ts)
             ]
             first = min(same, key=lambda p: (p.order, p.doc_id), default=None)
             results.append(None if first is None else Candidate(first.doc_id, 1.0, first.order, "exact"))
@@ -108,6 +113,20 @@ class MemoryIndex:
             del self._points[pid]
         return len(gone)
 
+    def expire(self, expiries: Sequence[Expiry]) -> int:
+        self.calls["expire"] += 1
+        gone = [
+            pid
+            for pid, p in self._points.items()
+            if any(
+                p.order[0] < e.before_ts and e.tenant in (None, p.tenant) and p.tenant not in e.spared
+                for e in expiries
+            )
+        ]
+        for pid in gone:
+            del self._points[pid]
+        return len(gone)
+
     def count(self) -> int:
         return len(self._points)
 
@@ -127,3 +146,8 @@ class MemoryIndex:
     def _check_dim(self, vector: np.ndarray) -> None:
         if self._dim is not None and vector.shape != (self._dim,):
             raise ValueError(f"vector of shape {vector.shape}, collection dim is {self._dim}")
+
+
+def _kept(point: IndexPoint, after_ts: int | None) -> bool:
+    """Within the query's retention: its record time is at least ``after_ts`` (None: no bound)."""
+    return after_ts is None or point.order[0] >= after_ts

@@ -4,7 +4,8 @@ Every point is one document of one tenant, under a deterministic id (``point_id`
 ``id, tenant, text_hash, created_at, model, ts, pos, decision, opaque, text`` (``text``: the start of
 the post, kept only for a model with a verifier, which reads it when a later post comes close).
 Every search and lookup is bounded by one filter: ``tenant == T`` AND ``(ts < TS OR (ts == TS AND
-pos < POS))`` AND NOT ``has_id(own point id)``. The range conditions go through f64 in Qdrant, so
+pos < POS))`` AND NOT ``has_id(own point id)``, and with a retention ``ts >= AFTER`` (``expired_filter``
+selects the points retention removes). The range conditions go through f64 in Qdrant, so
 both parts of an order key must lie in ``[0, 2**53)``; ``check_key`` refuses keys outside it rather
 than let them compare wrongly.
 
@@ -25,7 +26,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from worker.core.errors import IndexMismatchError
-from worker.core.ports import Candidate, HashQuery, IndexPoint, Stage, StoredVector
+from worker.core.ports import Candidate, Expiry, HashQuery, IndexPoint, Stage, StoredVector
 from worker.core.records import OrderKey
 
 _NAMESPACE = uuid.UUID("9a1d3c52-6f0e-4d8b-8e57-0c5a3f1b2d77")
@@ -144,7 +145,11 @@ class FilterDialect(Protocol):
 
     def below(self, key: str, value: int) -> Any: ...
 
+    def at_least(self, key: str, value: int) -> Any: ...
+
     def any_of(self, conditions: list[Any]) -> Any: ...
+
+    def none_of(self, conditions: list[Any]) -> Any: ...
 
     def all_of(self, conditions: list[Any], exclude_ids: Sequence[str] = ()) -> Any: ...
 
@@ -156,19 +161,34 @@ def earlier_filter(
     doc_id: str,
     equal: Mapping[str, str | int] | None = None,
     *,
+    after_ts: int | None = None,
     all_earlier: bool = False,
 ) -> Any:
-    """The tenant's points strictly earlier than ``before``, other than the document itself, that
-    also match ``equal`` field by field. ``all_earlier``: the caller knows every stored point is
-    earlier than ``before``, so the order-key condition is left out (it costs a quarter of a search)."""
+    """The tenant's points strictly earlier than ``before`` and, with ``after_ts``, of record time at
+    least that (retention), other than the document itself, that also match ``equal`` field by field.
+    ``all_earlier``: the caller knows every stored point is earlier than ``before``, so the order-key
+    condition is left out (it costs a quarter of a search); the retention bound stays."""
     check_key(before)
     ts, pos = before
     earlier = dialect.any_of(
         [dialect.below("ts", ts), dialect.all_of([dialect.equals("ts", ts), dialect.below("pos", pos)])]
     )
     conditions = [dialect.equals("tenant", tenant)] + ([] if all_earlier else [earlier])
+    if after_ts is not None:
+        conditions.append(dialect.at_least("ts", after_ts))
     conditions += [dialect.equals(key, value) for key, value in (equal or {}).items()]
     return dialect.all_of(conditions, exclude_ids=[point_id(tenant, doc_id)])
+
+
+def expired_filter(dialect: FilterDialect, expiry: Expiry) -> Any:
+    """The points an expiry removes: record time before its cut, in its tenant or in all but the
+    spared ones."""
+    conditions = [dialect.below("ts", expiry.before_ts)]
+    if expiry.tenant is not None:
+        conditions.append(dialect.equals("tenant", expiry.tenant))
+    if expiry.spared:
+        conditions.append(dialect.none_of([dialect.equals("tenant", t) for t in sorted(expiry.spared)]))
+    return dialect.all_of(conditions)
 
 
 # ---------------------------------------------------------------------------- the earliest hash
@@ -188,6 +208,11 @@ class HashProbe:
         if self.ts is not None:
             fields["ts"] = self.ts
         return fields
+
+    def where(self, dialect: FilterDialect) -> Any:
+        """The probe's filter in the backend's dialect."""
+        q = self.query
+        return earlier_filter(dialect, q.tenant, q.before, q.doc_id, self.equal(), after_ts=q.after_ts)
 
 
 RunProbes = Callable[[list[HashProbe]], list[list[Mapping[str, Any] | None]]]

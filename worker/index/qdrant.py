@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from worker.core.errors import IndexMismatchError, IndexUnavailableError
-from worker.core.ports import Candidate, HashQuery, IndexPoint, Query, StoredVector
+from worker.core.ports import Candidate, Expiry, HashQuery, IndexPoint, Query, StoredVector
 from worker.index.payload import (
     HASH_PROBE,
     MODEL_KEY,
@@ -29,6 +29,7 @@ from worker.index.payload import (
     candidate,
     check_model,
     earlier_filter,
+    expired_filter,
     find_earliest,
     payload,
     point_id,
@@ -55,8 +56,14 @@ class QdrantDialect:
     def below(self, key: str, value: int) -> models.FieldCondition:
         return self._m.FieldCondition(key=key, range=self._m.Range(lt=value))
 
+    def at_least(self, key: str, value: int) -> models.FieldCondition:
+        return self._m.FieldCondition(key=key, range=self._m.Range(gte=value))
+
     def any_of(self, conditions: list[Any]) -> models.Filter:
         return self._m.Filter(should=conditions)
+
+    def none_of(self, conditions: list[Any]) -> models.Filter:
+        return self._m.Filter(must_not=conditions)
 
     def all_of(self, conditions: list[Any], exclude_ids: Sequence[str] = ()) -> models.Filter:
         if not exclude_ids:
@@ -223,7 +230,7 @@ class QdrantIndex:
         requests = [
             models.QueryRequest(
                 query=as_vector(q.vector, dim),
-                filter=earlier_filter(self._dialect, q.tenant, q.before, q.doc_id),
+                filter=earlier_filter(self._dialect, q.tenant, q.before, q.doc_id, after_ts=q.after_ts),
                 limit=k,
                 params=params,
                 with_payload=RESULT_FIELDS,
@@ -247,9 +254,7 @@ class QdrantIndex:
                 query=models.OrderByQuery(
                     order_by=models.OrderBy(key=probe.order_by, direction=models.Direction.ASC)
                 ),
-                filter=earlier_filter(
-                    self._dialect, probe.query.tenant, probe.query.before, probe.query.doc_id, probe.equal()
-                ),
+                filter=probe.where(self._dialect),
                 limit=HASH_PROBE,
                 with_payload=RESULT_FIELDS,
                 with_vector=False,
@@ -310,6 +315,21 @@ class QdrantIndex:
                     self._collection, points_selector=models.FilterSelector(filter=by_id), wait=True
                 )
             return found
+
+    def expire(self, expiries: Sequence[Expiry]) -> int:
+        from qdrant_client import models
+
+        removed = 0
+        with _unavailable(self._collection):
+            for expiry in expiries:
+                where = expired_filter(self._dialect, expiry)
+                found = self._client.count(self._collection, count_filter=where, exact=True).count
+                if found:
+                    self._client.delete(
+                        self._collection, points_selector=models.FilterSelector(filter=where), wait=True
+                    )
+                    removed += found
+        return removed
 
     def count(self) -> int:
         with _unavailable(self._collection):
