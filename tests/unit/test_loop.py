@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from structlog.testing import capture_logs
 from tests.fakes import HashEncoder, ListPublisher, MemoryIndex, doc_record, raw_record
 from worker.core.errors import Backoff, IndexUnavailableError, RebalancedError
 from worker.core.records import Record, first_offsets, next_offsets
+from worker.core.retention import DAY_MS, Retention
 from worker.core.step import StepConfig
 from worker.service.loop import run
 from worker.service.status import Metrics, Readiness
@@ -387,3 +389,16 @@ def test_the_encoder_runs_in_its_own_thread_beside_the_previous_batch_commit() -
     assert "embed_in_main_thread:True" not in events
     first_commit = events.index("commit:{('documents', 0): 3}")
     assert events.index("begin", first_commit) > first_commit  # batch 2 began after batch 1 committed
+
+
+def test_the_loop_expires_points_past_their_retention_once_committed() -> None:
+    """Record times decide what goes (here a backfill from 1970); a monotonic clock paces it."""
+    events: list[str] = []
+    days = [0, 1, 10, 10, 11, 11, 12]
+    posts = [doc_record(f"d{i}", f"post {i} " * 5, i, timestamp_ms=d * DAY_MS) for i, d in enumerate(days)]
+    source, publisher, index = ListSource(posts, events), RecordingPublisher(events), RecordingIndex(events)
+    config = replace(CONFIG, retention=Retention(7 * DAY_MS))
+    assert run(source, HashEncoder(), index, publisher, config, threading.Event(), idle_timeout_s=0) == 7
+    assert index.calls["expire"] == 1  # after the first commit; the next ones fall within its minute
+    assert sorted(d for d in ("d0", "d1", "d2") if index.point("default", d)) == ["d2"]
+    assert index.count() == 5

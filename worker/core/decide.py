@@ -9,6 +9,7 @@ document *i* when:
   earlier than *j* supersedes it (the index would hold only that one after a batch boundary),
 - *i* is not removed by a deletion in the same batch (deletions act on the whole batch, because the index
   deletion runs before the search).
+- *i*'s record time is not before *j*'s retention floor (``worker.core.retention``), when *j* has one.
 
 Scores are cosine similarities computed here in float64 from the float32 vectors and rounded to 6
 decimals *before* ranking and thresholding, so the published score, the ranking and the decision agree,
@@ -91,9 +92,15 @@ def _codes(values: Sequence[object]) -> np.ndarray:
 
 
 def visibility(
-    orders: Sequence[OrderKey], tenants: Sequence[str], doc_ids: Sequence[str], deleted: Sequence[bool]
+    orders: Sequence[OrderKey],
+    tenants: Sequence[str],
+    doc_ids: Sequence[str],
+    deleted: Sequence[bool],
+    floors: Sequence[int | None] | None = None,
 ) -> np.ndarray:
-    """Boolean (n, n): ``[j, i]`` is True when document *i* of the batch is visible to document *j*."""
+    """Boolean (n, n): ``[j, i]`` is True when document *i* of the batch is visible to document *j*.
+
+    ``floors``: per document *j*, the earliest record time it may match (retention), or None."""
     n = len(orders)
     rank = _ranks(orders)
     tenant = _codes(tenants)
@@ -112,6 +119,10 @@ def visibility(
     other_id = key[None, :] != key[:, None]
     alive = ~np.asarray(deleted, dtype=bool)[None, :]
     mask: np.ndarray = earlier & current & same_tenant & other_id & alive
+    if floors is not None and any(floor is not None for floor in floors):
+        ts = np.array([order[0] for order in orders], dtype=np.int64)
+        floor = np.array([-1 if f is None else f for f in floors], dtype=np.int64)
+        mask &= ts[None, :] >= floor[:, None]
     return mask
 
 

@@ -45,6 +45,7 @@ class Doc:
     vector: np.ndarray | None = None
     opaque: bool = False  # the model knows none of its tokens: it matches by the exact path only
     first: Verdict | None = None  # its first decision, stored with its point (a replay)
+    floor: int | None = None  # the earliest record time it may match (retention); None: any
 
     @property
     def key(self) -> tuple[str, str]:
@@ -64,10 +65,13 @@ def first_versions(docs: list[Doc]) -> dict[tuple[str, str], OrderKey]:
 
 
 def invisible(neighbour: Candidate, doc: Doc, first_version: dict[tuple[str, str], OrderKey]) -> bool:
-    """Neighbours the document must not match: itself, later posts (the index should not return
-    those; checked again because the guarantee matters), and stale versions of ids in the batch."""
+    """Neighbours the document must not match: itself, later posts and posts past its retention (the
+    index should not return those; checked again because the guarantee matters), and stale versions of
+    ids in the batch."""
     if neighbour.doc_id == doc.document.id or neighbour.order >= doc.order:
         return True
+    if doc.floor is not None and neighbour.order[0] < doc.floor:
+        return True  # past its retention (the index should not return it either)
     batch_order = first_version.get((doc.document.tenant, neighbour.doc_id))
     return batch_order is not None and batch_order < doc.order
 
@@ -79,7 +83,10 @@ def exact_path(
     if not docs:
         return
     hits = index.find_hashes(
-        [HashQuery(d.document.tenant, d.text_hash, before=d.order, doc_id=d.document.id) for d in docs]
+        [
+            HashQuery(d.document.tenant, d.text_hash, before=d.order, doc_id=d.document.id, after_ts=d.floor)
+            for d in docs
+        ]
     )
     in_batch = exact_in_batch(
         visible, [d.text_hash for d in docs], [d.order for d in docs], [d.document.id for d in docs]
@@ -143,7 +150,10 @@ def index_candidates(
     stored texts go into ``texts``."""
     if not docs or k <= 0:
         return [[] for _ in docs]
-    queries = [Query(vector_of(d), d.document.tenant, before=d.order, doc_id=d.document.id) for d in docs]
+    queries = [
+        Query(vector_of(d), d.document.tenant, before=d.order, doc_id=d.document.id, after_ts=d.floor)
+        for d in docs
+    ]
     results = index.search(queries, k * TIE_MARGIN)
     kept = [
         [n for n in neighbours if not invisible(n, doc, first_version)]

@@ -27,6 +27,9 @@ Semantics worth knowing (the visibility rule itself is in ``worker.core.decide``
   side of a batch boundary a match sat. ``stage`` ("batch" or "index") does depend on the boundaries.
   Across partitions, what a document can see depends on the source handing records out in order-key
   order (``worker.kafka.source.KafkaSource`` merges its partitions by timestamp; README, "Reruns agree").
+- Retention (``StepConfig.retention``, ``worker.core.retention``): a document matches only documents
+  whose record time lies within its tenant's window before its own, in the index and in the batch. A
+  replay still republishes its stored first decision while its point is kept.
 - Read-only (``StepConfig.read_only``: ``scan --read-only``, the HTTP API's check,
   ``twinflag.Detector.check``): the same phases with no index write (no deletion, no upsert) and an
   all-false in-batch visibility, so each document is decided against the index alone, whatever else
@@ -70,6 +73,7 @@ from worker.core.ports import (
     Verifier,
 )
 from worker.core.records import OrderKey, Record, order_key
+from worker.core.retention import KEEP_ALL, Retention
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,7 @@ class StepConfig:
     policy: Policy | None = None  # how to decide; None: flag when the best cosine ≥ ``threshold``
     keep_text: int = 0  # characters of each post kept with its point, for a verifier to read later
     read_only: bool = False  # a check: no index writes, and each document judged against the index alone
+    retention: Retention = KEEP_ALL  # how far back in record time a post may match (its window)
 
     @property
     def decision(self) -> Policy:
@@ -151,7 +156,13 @@ def prepare_batch(records: Sequence[Record], index: VectorIndex, config: StepCon
     with timer("parse"):
         parsed = _parse(records, config)
         docs = [
-            Doc(p.record, p.item, p.order, text_hash(p.item.normalized_text))
+            Doc(
+                p.record,
+                p.item,
+                p.order,
+                text_hash(p.item.normalized_text),
+                floor=config.retention.floor(p.item.tenant, p.order[0]),
+            )
             for p in parsed
             if isinstance(p.item, Document)
         ]
@@ -168,6 +179,7 @@ def prepare_batch(records: Sequence[Record], index: VectorIndex, config: StepCon
             [d.document.tenant for d in docs],
             [d.document.id for d in docs],
             [d.deleted for d in docs],
+            [d.floor for d in docs],
         )
         if config.read_only:  # independent questions: a check never matches another check of its batch
             visible[:] = False

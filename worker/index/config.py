@@ -5,11 +5,22 @@ Read once by ``worker.service.settings.WorkerSettings``; ``worker.service.wiring
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from worker.core.retention import Retention, days_ms
 
 DEFAULT_OPTIMIZE_EVERY = 10_000
 """New points between two background optimisations of the embedded index (``EdgeIndex``'s default too)."""
@@ -60,6 +71,34 @@ class IndexSettings(BaseModel):
         ge=1,
         description="Embedded index: run the segment optimiser after this many new points.",
     )
+
+    retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Days of record time a post can be matched for: a post matches only posts at most"
+        " this much older than itself, and older points are removed in the background. Unset: forever.",
+    )
+    tenant_retention_days: dict[str, float] = Field(
+        default_factory=dict,
+        description='Retention per tenant, in days, as JSON (`{"chat": 7}`); other tenants get'
+        " `retention_days`.",
+    )
+
+    @field_validator("tenant_retention_days")
+    @classmethod
+    def _positive_days(cls, days: dict[str, float]) -> dict[str, float]:
+        wrong = sorted(tenant for tenant, value in days.items() if not 0 < value < math.inf)
+        if wrong:
+            raise ValueError(f"retention days must be finite and > 0 (tenants {', '.join(wrong)})")
+        return days
+
+    def retention(self) -> Retention:
+        """The retention the batch step and the expiry work with, in milliseconds of record time."""
+        return Retention(
+            None if self.retention_days is None else days_ms(self.retention_days),
+            {tenant: days_ms(days) for tenant, days in self.tenant_retention_days.items()},
+        )
 
     @model_validator(mode="before")
     @classmethod

@@ -31,6 +31,7 @@ from worker.core.outcome import BatchOutcome
 from worker.core.ports import BatchPublisher, Encoder, RecordSource, VectorIndex, Verifier
 from worker.core.records import Record, first_offsets, next_offsets
 from worker.core.step import StepConfig, embed_batch, finish_batch, prepare_batch
+from worker.service.expiry import Expirer
 from worker.service.status import Metrics, Readiness
 
 log = get_logger("loop")
@@ -158,6 +159,7 @@ class _Work:
         self._consumer, (self._encoder, self._verifier) = consumer, models
         self._index, self._publisher, self._config, self._topics = index, publisher, config, topics
         self._metrics, (self._flush_timeout_s, self._interval_s) = metrics, timeouts
+        self._expirer = Expirer(index, config.retention)  # retention: drops points no post can match
         self.sent: list[_Sent] = []
         self._oldest = 0.0  # when the first batch not committed was sent
         self.done = 0
@@ -210,6 +212,7 @@ class _Work:
         finished = time.perf_counter()
         self.sent, self.done = [], self.done + len(records)
         self._index.maintain()
+        self._expirer.after_commit(records)
         lag = self._consumer.lag()
         if lag is not None:
             self._metrics.lag.set(lag)

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -190,6 +190,19 @@ def step_config(
     )
 
 
+def stream_config(
+    settings: WorkerSettings,
+    encoder: Encoder,
+    threshold: float,
+    dead_letter_bytes: int = DEFAULT_DEAD_LETTER_BYTES,
+    decision: DecisionPlan | None = None,
+) -> StepConfig:
+    """``step_config`` with the retention (``TWINFLAG_INDEX__RETENTION_DAYS``): the stream's alone, as
+    only the loop expires points, and a check (at the largest timestamp) would see nothing through it."""
+    config = step_config(settings, encoder, threshold, dead_letter_bytes, decision)
+    return replace(config, retention=settings.index.retention())
+
+
 def topics(settings: WorkerSettings) -> Topics:
     kafka = settings.kafka
     return Topics(flags=kafka.flags_topic, dlq=kafka.dlq_topic, decisions=kafka.decisions_topic)
@@ -346,7 +359,7 @@ def run_worker(
                 encoder,
                 index,
                 publisher,
-                step_config(settings, encoder, threshold, started.dead_letter_bytes, decision),
+                stream_config(settings, encoder, threshold, started.dead_letter_bytes, decision),
                 stop,
                 verifier=None if decision is None else decision.verifier,
                 topics=topics(settings),
