@@ -15,7 +15,7 @@ calibration, the same stored form. ``check`` is read-only. The rest of the packa
 
 from __future__ import annotations
 
-from twinflag.detector import Decision, Detector, InvalidDocumentError, Match
+from twinflag.detector import Decision, Detector, InvalidDocumentError, InvalidVerdictError, Match
 
 __version__ = "0.1.0"
-__all__ = ["Decision", "Detector", "InvalidDocumentError", "Match", "__version__"]
+__all__ = ["Decision", "Detector", "InvalidDocumentError", "InvalidVerdictError", "Match", "__version__"]

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from worker.core.messages import DeadLetter, Decision, Deletion, Match
 from worker.service.direct import CHECK_ID, Answer, DirectStep, Post, open_direct
 from worker.service.settings import WorkerSettings, load_from_environment
 
-__all__ = ["Decision", "Detector", "InvalidDocumentError", "Match"]
+__all__ = ["Decision", "Detector", "InvalidDocumentError", "InvalidVerdictError", "Match"]
 
 
 class InvalidDocumentError(ValueError):
@@ -23,6 +24,10 @@ class InvalidDocumentError(ValueError):
     def __init__(self, letter: DeadLetter) -> None:
         super().__init__(letter.reason)
         self.code = letter.code
+
+
+class InvalidVerdictError(InvalidDocumentError):
+    """A verdict the worker would dead-letter (a missing field, an unknown answer, ...)."""
 
 
 class Detector:
@@ -96,6 +101,41 @@ class Detector:
             for answer in answers:
                 assert answer is not None
                 yield answer if isinstance(answer, Decision) else InvalidDocumentError(answer)
+
+    def review(
+        self,
+        id: str,
+        duplicate_of: str,
+        verdict: Literal["duplicate", "not_duplicate"],
+        tenant: str = "default",
+        *,
+        at: datetime | None = None,
+        reviewer: str | None = None,
+        text: str | None = None,
+        duplicate_text: str | None = None,
+    ) -> dict[str, float]:
+        """A moderator's verdict on a pair: ``not_duplicate`` and the pair (or the next copy of the same two
+        texts) is never flagged again; ``duplicate`` and it always is. Kept beside the index. Returns the
+        tenants' decision points the verdicts moved (after enough of them; README, "Feedback")."""
+        row: dict[str, Any] = {"id": id, "duplicate_of": duplicate_of, "verdict": verdict, "tenant": tenant}
+        row |= {"at": at, "reviewer": reviewer, "text": text, "duplicate_text": duplicate_text}
+        return self.review_many([row])
+
+    def review_many(self, verdicts: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+        """Many verdicts (``{"id", "duplicate_of", "verdict", "tenant"?, "at"?, ...}``) in one go; a
+        missing ``at`` is now. Raises ``InvalidVerdictError`` at the first bad one; the rest are kept."""
+        now = datetime.now(UTC).isoformat()
+        values = []
+        for row in verdicts:
+            fields = {
+                k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items() if v is not None
+            }
+            values.append(json.dumps({"at": now, **fields}, ensure_ascii=False).encode())
+        refused, points = self._direct.review(values)
+        for letter in refused:
+            if letter is not None:
+                raise InvalidVerdictError(letter)
+        return {p.tenant: p.point for p in points}
 
     def count(self) -> int:
         """Documents stored in the index, every tenant."""

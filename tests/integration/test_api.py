@@ -196,6 +196,23 @@ def test_a_key_sees_and_deletes_only_its_own_tenant(server: Server) -> None:
     assert text not in server.log.read_text()
 
 
+def test_a_verdict_over_http_makes_a_missed_pair_a_flag_from_then_on(server: Server) -> None:
+    first, other = "free iphone click here win prize", "weather today rain sunny"
+    with server.client(KEY_A) as a, server.client(KEY_B) as b:
+        assert add(a, "v-x1", first).json()["flagged"] is False
+        assert add(a, "v-y1", other).json()["flagged"] is False  # a pair the model misses
+        verdict = {"id": "v-y1", "duplicate_of": "v-x1", "verdict": "duplicate", "reviewer": "mod-1"}
+        assert b.post("/v1/verdicts", json=verdict | {"tenant": "tenant-a"}).status_code == 403
+        wrong = a.post("/v1/verdicts", json=verdict | {"verdict": "maybe"})
+        assert wrong.status_code == 422
+        given = a.post("/v1/verdicts", json=verdict)
+        assert given.status_code == 200, given.text
+        assert given.json()["remembered"] is True
+        assert a.delete("/v1/documents/tenant-a/v-y1").status_code == 200
+        again = add(a, "v-y2", other).json()  # the same two texts meet again: flagged, by the verdict
+        assert (again["flagged"], again["duplicate_of"], again["decided_by"]) == (True, "v-x1", "moderator")
+
+
 def test_oversized_and_malformed_requests_get_json_errors(server: Server) -> None:
     with server.client(KEY_A) as a:
         cases = [
@@ -312,3 +329,24 @@ def test_scan_read_only_writes_nothing_to_the_index(model: Path, tmp_path: Path)
     assert [r.get("duplicate_of") for r in rows[:2]] == ["orig", "orig"]  # against the index, not each other
     with Detector.open(model, index) as detector:
         assert detector.count() == 1  # neither added nor deleted
+
+
+def test_verdicts_given_to_the_library_survive_a_reopen_and_a_deleted_post(
+    model: Path, tmp_path: Path
+) -> None:
+    from twinflag import Detector, InvalidVerdictError
+
+    index = tmp_path / "index"
+    original = "river bridge market bread coffee school garden music"
+    near_miss = "river bridge market bread coffee school garden film"
+    with Detector.open(model, index, threshold=0.5) as detector:
+        detector.add("a1", original)
+        assert detector.add("b1", near_miss).duplicate_of == "a1"
+        detector.review("b1", "a1", "not_duplicate")  # a moderator rejects the flag
+        with pytest.raises(InvalidVerdictError, match="verdict"):
+            detector.review_many([{"id": "b1", "duplicate_of": "a1", "verdict": "maybe"}])
+        detector.delete("b1")
+    with Detector.open(model, index, threshold=0.5) as detector:  # the pair is known by its texts
+        again = detector.add("b2", near_miss)
+    assert not again.flagged
+    assert len((index / "verdicts.jsonl").read_text().splitlines()) == 1  # the bad one was not kept

@@ -42,8 +42,9 @@ def clamp_score(cosine: float) -> float:
     return round_score(max(-1.0, min(1.0, cosine)))
 
 
-DecidedBy = Literal["exact", "encoder", "verifier"]
-"""Which stage's score decided: the exact hash, the encoder's cosine, or the verifier's pair score."""
+DecidedBy = Literal["exact", "encoder", "verifier", "moderator"]
+"""Which stage's score decided: the exact hash, the encoder's cosine, the verifier's pair score, or a
+moderator's earlier verdict on the same pair (``worker.core.feedback``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ class Verdict:
     decided_by: DecidedBy | None = None
     probability: float | None = None
     verifier_score: float | None = None
+    point: float | None = None  # the decision point, when a tenant's verdicts chose it (else the model's)
 
     @property
     def best(self) -> Candidate | None:
@@ -204,6 +206,8 @@ def encode_verdict(verdict: Verdict) -> str:
         data["p"] = verdict.probability
     if verdict.verifier_score is not None:
         data["v"] = verdict.verifier_score
+    if verdict.point is not None:
+        data["t"] = verdict.point
     return json.dumps(data, separators=(",", ":"))
 
 
@@ -225,10 +229,16 @@ def decode_verdict(text: str | None) -> Verdict | None:
             decided_by=None if by is None else _DECIDERS[by],
             probability=None if data.get("p") is None else float(data["p"]),
             verifier_score=None if data.get("v") is None else float(data["v"]),
+            point=None if data.get("t") is None else float(data["t"]),
         )
     except (ValueError, KeyError, TypeError):
         return None
 
 
 _STAGES: dict[str, Stage] = {"exact": "exact", "batch": "batch", "index": "index"}
-_DECIDERS: dict[str, DecidedBy] = {"exact": "exact", "encoder": "encoder", "verifier": "verifier"}
+_DECIDERS: dict[str, DecidedBy] = {
+    "exact": "exact",
+    "encoder": "encoder",
+    "verifier": "verifier",
+    "moderator": "moderator",
+}

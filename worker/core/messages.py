@@ -54,6 +54,7 @@ ReasonCode = Literal[
     "invalid_unicode",
     "empty_text",
     "invalid_tombstone",
+    "invalid_verdict",
 ]
 Score = Annotated[float, AfterValidator(round_score)]
 """Scores leave the worker rounded to 6 decimals, so replays print the same bytes."""
@@ -89,15 +90,7 @@ class Document(BaseModel):
     @field_validator("created_at", mode="before")
     @classmethod
     def _iso_8601(cls, value: object) -> object:
-        """JSON has no datetime: accept an ISO-8601 string only (not a number of seconds)."""
-        if value is None or isinstance(value, datetime):
-            return value
-        if not isinstance(value, str):
-            raise PydanticCustomError("created_at_type", "must be an ISO-8601 string")
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            raise PydanticCustomError("created_at_format", "not an ISO-8601 date-time") from None
+        return iso_8601(value)
 
 
 class Deletion(BaseModel):
@@ -116,6 +109,52 @@ class Deletion(BaseModel):
     @classmethod
     def _id_fits(cls, value: str, info: ValidationInfo) -> str:
         return _check_id_length(value, info)
+
+
+class ModeratorVerdict(BaseModel):
+    """A moderator's verdict on a pair (topic ``verdicts``, keyed ``tenant/id/duplicate_of``): is ``id`` a
+    duplicate of ``duplicate_of``? The texts are optional; without them the pair is found in the index.
+
+    The last verdict on a key wins (the topic is compacted). ``worker.core.feedback`` says what each
+    verdict changes."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    id: str = Field(min_length=1)
+    duplicate_of: str = Field(min_length=1)
+    tenant: str = Field(default="default", min_length=1, max_length=MAX_TENANT_CHARS)
+    verdict: Literal["duplicate", "not_duplicate"]
+    at: datetime
+    reviewer: str | None = Field(default=None, max_length=MAX_TENANT_CHARS)
+    text: str | None = None
+    duplicate_text: str | None = None
+
+    @field_validator("id", "duplicate_of")
+    @classmethod
+    def _id_fits(cls, value: str, info: ValidationInfo) -> str:
+        return _check_id_length(value, info)
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _iso_8601(cls, value: object) -> object:
+        return iso_8601(value)
+
+    @property
+    def key(self) -> str:
+        """The topic key: one verdict per pair and tenant survives compaction."""
+        return f"{self.tenant}/{self.id}/{self.duplicate_of}"
+
+
+def iso_8601(value: object) -> object:
+    """JSON has no datetime: accept an ISO-8601 string only (not a number of seconds)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("created_at_type", "must be an ISO-8601 string")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise PydanticCustomError("created_at_format", "not an ISO-8601 date-time") from None
 
 
 def _check_id_length(value: str, info: ValidationInfo) -> str:
@@ -212,6 +251,26 @@ class DeadLetter(_Out):
     source: Source
     model: str
     detected_at: str
+
+
+class LearnedPoint(_Out):
+    """A tenant's decision point re-chosen from its moderators' verdicts (topic ``thresholds``, keyed by
+    tenant and model): the worker applies it at once; this event tells people and other tools.
+
+    ``unit`` says what the point compares with: a ``probability`` for a calibrated model, else a
+    ``cosine``. ``precision_low`` is the 95% Wilson lower bound of precision over the reviewed pairs at
+    or above the point, ``f1`` the F1 over all of them; ``at`` the time of the last verdict counted."""
+
+    tenant: str
+    point: Score
+    previous: Score
+    unit: Literal["probability", "cosine"]
+    verdicts: int
+    duplicates: int
+    precision_low: Score
+    f1: Score
+    model: str
+    at: str
 
 
 def dumps(message: BaseModel) -> bytes:

@@ -53,6 +53,7 @@ class BatchOutcome:
     exact: int = 0
     reused_vectors: int = 0
     verified: int = 0  # documents the verifier judged (one or more of their candidates)
+    suppressed: int = 0  # candidates skipped because a moderator rejected the pair
     timings_ms: dict[str, float] = field(default_factory=dict)
     outcomes: list[RecordOutcome] = field(default_factory=list)
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from worker.core.messages import DeadLetterReason, Deletion, Document, ReasonCode
+from worker.core.messages import DeadLetterReason, Deletion, Document, ModeratorVerdict, ReasonCode
 from worker.core.records import Record
 
 MAX_DEPTH = 64
@@ -45,24 +45,9 @@ def parse_record(
     """
     if record.value is None:
         return _tombstone(record.key, max_id_chars, tombstones)
-    if len(record.value) > max_bytes:
-        return DeadLetterReason("oversized", f"{len(record.value)} bytes > {max_bytes}")
-    try:
-        raw = record.value.decode("utf-8")
-    except UnicodeDecodeError as error:
-        return DeadLetterReason("invalid_utf8", f"{error.reason} at byte {error.start}")
-    try:
-        obj = json.loads(raw, parse_constant=_reject_constant)
-    except json.JSONDecodeError as error:
-        return DeadLetterReason("invalid_json", f"{error.msg} at line {error.lineno} col {error.colno}")
-    except ValueError as error:  # NaN/Infinity, or an integer beyond Python's digit limit
-        return DeadLetterReason("invalid_json", str(error)[:200])
-    except RecursionError:
-        return DeadLetterReason("too_deep", "nesting exceeds the JSON parser's recursion limit")
-    if _depth(obj) > MAX_DEPTH:
-        return DeadLetterReason("too_deep", f"nesting deeper than {MAX_DEPTH}")
-    if not isinstance(obj, dict):
-        return DeadLetterReason("not_object", f"top-level JSON {_json_type(obj)}, expected an object")
+    obj = _load_object(record.value, max_bytes)
+    if isinstance(obj, DeadLetterReason):
+        return obj
     context = {"max_id_chars": max_id_chars}
     deleted = obj.get("deleted", False)
     if not isinstance(deleted, bool):
@@ -85,6 +70,67 @@ def parse_record(
     if not document.normalized_text:
         return DeadLetterReason("empty_text", "text is empty after normalisation")
     return document
+
+
+def parse_verdict(record: Record, max_bytes: int, max_id_chars: int) -> ModeratorVerdict | DeadLetterReason:
+    """Raw record of the verdicts topic → a ``ModeratorVerdict`` or the reason it is a dead letter; the
+    same checks as a document's (size, UTF-8, standard JSON, depth, an object, ids), then its fields.
+    A verdict that names the same post twice is ``invalid_verdict``. Never raises."""
+    if record.value is None:
+        return DeadLetterReason("invalid_verdict", "null value: a verdict is withdrawn by a later verdict")
+    obj = _load_object(record.value, max_bytes)
+    if isinstance(obj, DeadLetterReason):
+        return obj
+    for name in ("id", "duplicate_of", "tenant"):
+        value = obj.get(name)
+        problem = _identifier_problem(name, value) if isinstance(value, str) else None
+        if problem is not None:
+            return problem
+    try:
+        verdict = ModeratorVerdict.model_validate(obj, context={"max_id_chars": max_id_chars})
+    except ValidationError as error:
+        return _reason(error)
+    fields = [
+        verdict.id,
+        verdict.duplicate_of,
+        verdict.tenant,
+        verdict.text or "",
+        verdict.duplicate_text or "",
+    ]
+    surrogate = next((found for found in map(_surrogate, fields) if found is not None), None)
+    if surrogate is not None:
+        return DeadLetterReason("invalid_unicode", surrogate)
+    if verdict.id == verdict.duplicate_of:
+        return DeadLetterReason("invalid_verdict", "id and duplicate_of name the same post")
+    return verdict
+
+
+def _surrogate(value: str) -> str | None:
+    match = _LONE_SURROGATE.search(value)
+    return None if match is None else f"lone surrogate at char {match.start()}"
+
+
+def _load_object(value: bytes, max_bytes: int) -> dict[str, object] | DeadLetterReason:
+    """Bytes → a JSON object, cheapest check first: size, UTF-8, standard JSON, nesting, an object."""
+    if len(value) > max_bytes:
+        return DeadLetterReason("oversized", f"{len(value)} bytes > {max_bytes}")
+    try:
+        raw = value.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return DeadLetterReason("invalid_utf8", f"{error.reason} at byte {error.start}")
+    try:
+        obj = json.loads(raw, parse_constant=_reject_constant)
+    except json.JSONDecodeError as error:
+        return DeadLetterReason("invalid_json", f"{error.msg} at line {error.lineno} col {error.colno}")
+    except ValueError as error:  # NaN/Infinity, or an integer beyond Python's digit limit
+        return DeadLetterReason("invalid_json", str(error)[:200])
+    except RecursionError:
+        return DeadLetterReason("too_deep", "nesting exceeds the JSON parser's recursion limit")
+    if _depth(obj) > MAX_DEPTH:
+        return DeadLetterReason("too_deep", f"nesting deeper than {MAX_DEPTH}")
+    if not isinstance(obj, dict):
+        return DeadLetterReason("not_object", f"top-level JSON {_json_type(obj)}, expected an object")
+    return obj
 
 
 def _tombstone(key: bytes | None, max_id_chars: int, scope: TombstoneScope) -> Deletion | DeadLetterReason:

@@ -39,9 +39,9 @@ Semantics worth knowing (the visibility rule itself is in ``worker.core.decide``
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -51,6 +51,7 @@ from worker.core.decide import (
     encode_verdict,
     visibility,
 )
+from worker.core.feedback import Feedback, screen
 from worker.core.matching import Doc, candidates, exact_path, first_versions, vector_of, verify
 from worker.core.messages import (
     DEFAULT_DEAD_LETTER_BYTES,
@@ -110,6 +111,7 @@ def run_batch(
     index: VectorIndex,
     config: StepConfig,
     verifier: Verifier | None = None,
+    feedback: Feedback | None = None,
 ) -> BatchOutcome:
     """Decide every record of one poll and upsert the documents; return what to publish.
 
@@ -118,7 +120,7 @@ def run_batch(
     runs ``embed_batch`` in a thread of its own, beside the previous batch's flush and commit.
     """
     prepared = prepare_batch(records, index, config)
-    return finish_batch(prepared, embed_batch(prepared.texts, encoder), index, config, verifier)
+    return finish_batch(prepared, embed_batch(prepared.texts, encoder), index, config, verifier, feedback)
 
 
 @dataclass(slots=True)
@@ -209,8 +211,12 @@ def finish_batch(
     index: VectorIndex,
     config: StepConfig,
     verifier: Verifier | None = None,
+    feedback: Feedback | None = None,
 ) -> BatchOutcome:
-    """Search, verify, decide, upsert (before anything is sent) and build the outcome's messages."""
+    """Search, verify, decide, upsert (before anything is sent) and build the outcome's messages.
+
+    ``feedback``: moderators' verdicts (``worker.core.feedback``): rejected pairs are skipped, confirmed
+    ones flagged, and the tenants' learned decision points used."""
     result, docs, visible, first_version = (
         prepared.result,
         prepared.docs,
@@ -222,7 +228,12 @@ def finish_batch(
     _assign_vectors(docs, prepared.to_embed, embedded)
     with timer("search"):
         ranked, texts = candidates(docs, visible, index, first_version, config.top_k)
-    policy = config.decision
+    policy = config.decision if feedback is None else feedback.policy(config.decision)
+    confirmed: list[int | None] = [None] * len(docs)
+    if feedback is not None and len(feedback):
+        with timer("screen"):
+            posts = [(d.document.tenant, d.document.id, d.text_hash) for d in docs]
+            ranked, confirmed, result.suppressed = screen(feedback, posts, ranked, _hashes_of(docs, index))
     with timer("verify"):
         verified = verify(docs, ranked, texts, policy, verifier)
         result.verified = sum(bool(scores) for scores in verified)
@@ -231,6 +242,13 @@ def finish_batch(
             policy.judge(doc.document.tenant, candidates, scores)
             for doc, candidates, scores in zip(docs, ranked, verified, strict=True)
         ]
+        verdicts = [
+            _confirmed(verdict, rank, policy) for verdict, rank in zip(verdicts, confirmed, strict=True)
+        ]
+        if policy is not config.decision:  # a learned point is stored with the decision, for replays
+            verdicts = [
+                _learned(v, d.document.tenant, policy, config) for v, d in zip(verdicts, docs, strict=True)
+            ]
         verdicts = [doc.first or verdict for doc, verdict in zip(docs, verdicts, strict=True)]
         result.flags = sum(v.flagged for v in verdicts)
     with timer("upsert"):  # before any send: no flag leaves before its decision is stored
@@ -240,6 +258,32 @@ def finish_batch(
     with timer("messages"):
         result.outcomes = _outcomes(prepared.parsed, docs, verdicts, config)
     return result
+
+
+def _confirmed(verdict: Verdict, rank: int | None, policy: Policy) -> Verdict:
+    """A pair a moderator confirmed is flagged whatever its score (``decided_by: moderator``)."""
+    if rank is None or verdict.flagged:
+        return verdict
+    probability = 1.0 if policy.calibrated else None
+    return Verdict(verdict.matches, True, chosen=rank, decided_by="moderator", probability=probability)
+
+
+def _learned(verdict: Verdict, tenant: str, policy: Policy, config: StepConfig) -> Verdict:
+    point = policy.point(tenant)
+    return verdict if point == config.decision.point(tenant) else replace(verdict, point=point)
+
+
+def _hashes_of(docs: list[Doc], index: VectorIndex) -> Callable[[str, Sequence[str]], dict[str, str]]:
+    """Candidates' text hashes: a batch document's own, else the stored point's."""
+    in_batch = {d.key: d.text_hash for d in docs}
+
+    def hashes(tenant: str, ids: Sequence[str]) -> dict[str, str]:
+        found = {i: in_batch[(tenant, i)] for i in ids if (tenant, i) in in_batch}
+        rest = [(tenant, i) for i in ids if i not in found]
+        stored = index.fetch(rest) if rest else {}
+        return found | {doc_id: point.text_hash for (_, doc_id), point in stored.items()}
+
+    return hashes
 
 
 class _Timer:
@@ -341,7 +385,9 @@ def _outcomes(
         else:
             doc, verdict = next(decided)
             decision = decision_message(p.record, doc.document, verdict, config.model_version)
-            threshold = config.decision.point(doc.document.tenant)
+            threshold = (
+                verdict.point if verdict.point is not None else config.decision.point(doc.document.tenant)
+            )
             flag = flag_message(p.record, doc.document, verdict, threshold, config.model_version)
             out.append(Decided(p.record, decision, flag))
     return out

@@ -58,6 +58,16 @@ class KafkaSettings(BaseModel):
     decisions_topic: str | None = Field(
         default=None, description="Topic for every decision, flagged or not; unset turns it off."
     )
+    verdicts_topic: str | None = Field(
+        default=None,
+        description="Topic of moderators' verdicts on flags (compacted, keyed `tenant/id/duplicate_of`), "
+        "read whole by every worker; unset turns the feedback loop off.",
+    )
+    thresholds_topic: str | None = Field(
+        default=None,
+        description="Topic the decision points learned from verdicts are announced on (keyed by tenant); "
+        "unset: they are applied and logged only.",
+    )
     security_protocol: SecurityProtocol = Field(
         default="PLAINTEXT",
         description="Transport to the brokers; the SASL ones need a mechanism and credentials.",
@@ -129,7 +139,8 @@ class KafkaSettings(BaseModel):
     )
     create_topics: bool = Field(
         default=False,
-        description="Create the input, flags, dead-letter and decisions topics at start if missing.",
+        description="Create the input, flags, dead-letter, decisions, verdicts and thresholds topics at start "
+        "if missing (the last two compacted).",
     )
     partitions: int = Field(default=3, ge=1, description="Partitions of topics created by `create_topics`.")
     replication_factor: int = Field(
@@ -222,6 +233,8 @@ def ensure_topics(kafka: KafkaSettings, max_message_bytes: int) -> list[str]:
 
     names = [kafka.input_topic, kafka.flags_topic, kafka.dlq_topic]
     names += [kafka.decisions_topic] if kafka.decisions_topic else []
+    compacted = [name for name in (kafka.verdicts_topic, kafka.thresholds_topic) if name]
+    names += compacted
     spec: dict[str, dict[str, Any]] = {
         name: {"num_partitions": kafka.partitions, "replication_factor": kafka.replication_factor}
         for name in names
@@ -229,6 +242,8 @@ def ensure_topics(kafka: KafkaSettings, max_message_bytes: int) -> list[str]:
     spec[kafka.dlq_topic]["configs"] = {"max.message.bytes": str(dlq_max_bytes(max_message_bytes))}
     # the broker's clock says "earlier": a producer cannot backdate a repost to before its original
     spec[kafka.input_topic]["configs"] = {"message.timestamp.type": "LogAppendTime"}
+    for name in compacted:  # the last verdict on a pair, the last point of a tenant
+        spec[name]["configs"] = {"cleanup.policy": "compact"}
     admin = KafkaAdminClient(**kafka_options(kafka))
     try:
         existing = set(admin.list_topics())

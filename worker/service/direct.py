@@ -27,15 +27,18 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from worker.core.feedback import Feedback, TenantPoint
 from worker.core.messages import DeadLetter, Decision, Deletion
 from worker.core.outcome import BatchOutcome, DeadLettered, Decided, Deleted
 from worker.core.ports import Encoder, VectorIndex, Verifier
 from worker.core.records import MAX_TIMESTAMP_MS, Record
 from worker.core.step import StepConfig, run_batch
+from worker.service.feedback import FeedbackFeed
 from worker.service.settings import WorkerSettings
 
 DIRECT_TOPIC = "api"
 DIRECT_PARTITION = 2
+VERDICTS_TOPIC = "api-verdicts"
 CHECK_ID = "_check"
 """The id a check gets when the caller names none (a check never matches its own id)."""
 
@@ -71,8 +74,14 @@ class DirectStep:
         verifier: Verifier | None = None,
         *,
         flush: bool = True,
+        feedback: FeedbackFeed | None = None,
     ) -> None:
         self._encoder, self._index, self._verifier, self._flush = encoder, index, verifier, flush
+        self._feed = feedback
+        if feedback is not None:  # the verdicts kept beside the index, in the order they were given
+            kept = feedback.open()
+            if kept:
+                feedback.feedback.apply([item.verdict for item in kept], index, feedback.policy)
         self._write = replace(config, read_only=False)
         self._read = replace(config, read_only=True)
         self._lock = threading.Lock()
@@ -87,7 +96,8 @@ class DirectStep:
         """Would these posts be flagged, and against what? Nothing is written; each is judged alone."""
         with self._lock:
             records = [self._record(MAX_TIMESTAMP_MS, post.value()) for post in posts]
-            return _answers(run_batch(records, self._encoder, self._index, self._read, self._verifier))
+            outcome = run_batch(records, self._encoder, self._index, self._read, self._verifier, self._memory)
+            return _answers(outcome)
 
     def write(self, items: Sequence[Post | Deletion]) -> list[Answer | None]:
         """Add posts and apply deletions in this order (a later post may match an earlier one), as one
@@ -99,7 +109,9 @@ class DirectStep:
                 self._record(now, item.value() if isinstance(item, Post) else _deletion(item))
                 for item in items
             ]
-            outcome = run_batch(records, self._encoder, self._index, self._write, self._verifier)
+            outcome = run_batch(
+                records, self._encoder, self._index, self._write, self._verifier, self._memory
+            )
             self._index.maintain()
             if self._flush:
                 self._index.flush()
@@ -115,6 +127,22 @@ class DirectStep:
                 else None
             )
         return answers
+
+    @property
+    def _memory(self) -> Feedback | None:
+        return None if self._feed is None else self._feed.feedback
+
+    def review(self, values: Sequence[bytes]) -> tuple[list[DeadLetter | None], list[TenantPoint]]:
+        """Moderators' verdicts (JSON objects, ``worker.core.messages.ModeratorVerdict``): remembered at
+        once and, when a store is open, kept in it. Per verdict, None or the dead letter that says why it
+        was refused (not stored); and the tenants' decision points that changed."""
+        if self._feed is None:
+            raise RuntimeError("feedback is off for this step")
+        with self._lock:
+            records = [Record(VERDICTS_TOPIC, 0, i, 0, key=None, value=v) for i, v in enumerate(values)]
+            applied = self._feed.apply(records)
+            refused = {letter.source.offset: letter for letter in applied.dead_letters}
+        return [refused.get(i) for i in range(len(values))], applied.points
 
     def exists(self, tenant: str, doc_id: str) -> bool:
         with self._lock:
@@ -149,7 +177,7 @@ def open_direct(
 ) -> DirectStep:
     """The model and the index (embedded at ``index``, else the configured one), checked against each
     other, as a ``DirectStep``; their closes go on ``stack``. Writes are flushed before they return."""
-    from worker.service.wiring import build_index, decision_of, load_model, step_config
+    from worker.service.wiring import build_index, decision_of, load_model, review_file, step_config
 
     encoder, manifest_threshold = load_model(settings, model)
     decision = decision_of(settings, encoder, threshold)
@@ -162,4 +190,14 @@ def open_direct(
     config = step_config(
         settings, encoder, chosen if chosen is not None else manifest_threshold, decision=decision
     )
-    return DirectStep(encoder, vectors, config, decision.verifier)
+    feed = FeedbackFeed(
+        Feedback(settings.feedback.rules()),
+        vectors,
+        config.decision,
+        encoder.version,
+        settings.max_message_bytes,
+        config.max_id_chars,
+        config.max_dead_letter_bytes,
+    )
+    feed.store = review_file(settings, index_settings)
+    return DirectStep(encoder, vectors, config, decision.verifier, feedback=feed)

@@ -25,6 +25,7 @@ and the dependencies they name are local to ``create_app``.
 
 import asyncio
 import hmac
+import json
 import queue
 import threading
 import time
@@ -32,6 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request
@@ -74,6 +76,27 @@ class DocumentRequest(BaseModel):
     text: str = Field(min_length=1)
     tenant: str | None = None
     created_at: str | None = Field(default=None, description="ISO-8601")
+
+
+class VerdictRequest(BaseModel):
+    """A moderator's verdict on a flag (README, "Moderators' verdicts"); ``tenant`` defaults to the key's,
+    ``at`` to now. Texts are optional: without them the pair is found in the index."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: str = Field(min_length=1)
+    duplicate_of: str = Field(min_length=1)
+    verdict: Literal["duplicate", "not_duplicate"]
+    tenant: str | None = None
+    at: str | None = Field(default=None, description="ISO-8601")
+    reviewer: str | None = None
+    text: str | None = None
+    duplicate_text: str | None = None
+
+
+class VerdictOut(BaseModel):
+    remembered: Literal[True] = True
+    points: dict[str, float] = Field(description="Decision points this verdict moved, by tenant.")
 
 
 class MatchOut(BaseModel):
@@ -339,6 +362,19 @@ def create_app(direct: DirectStep, settings: HttpSettings) -> FastAPI:
             raise ApiError(404, "not_found", "no such document in this tenant")
         await answer("write", Deletion(id=doc_id, tenant=tenant))
         return Deleted(tenant=tenant, id=doc_id)
+
+    @app.post("/v1/verdicts", response_model=VerdictOut, summary="A moderator's verdict on a pair")
+    async def review(body: VerdictRequest, own: Annotated[str, Depends(key_tenant)]) -> VerdictOut:
+        for text in (body.text, body.duplicate_text):
+            if text is not None:
+                bounded(text)
+        row = body.model_dump(exclude_none=True) | {"tenant": tenant_of(body.tenant, own)}
+        row.setdefault("at", datetime.now(UTC).isoformat())
+        value = json.dumps(row, ensure_ascii=False).encode()
+        refusals, points = await asyncio.to_thread(direct.review, [value])
+        if refusals[0] is not None:
+            raise refused(refusals[0])
+        return VerdictOut(points={p.tenant: p.point for p in points})
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -23,9 +23,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Protocol
 
 from worker.core.emit import Topics, emit
 from worker.core.errors import Action, Backoff, BrokerUnavailableError, policy
+from worker.core.feedback import Feedback
 from worker.core.logs import get_logger
 from worker.core.outcome import BatchOutcome
 from worker.core.ports import BatchPublisher, Encoder, RecordSource, VectorIndex, Verifier
@@ -35,6 +37,15 @@ from worker.service.expiry import Expirer
 from worker.service.status import Metrics, Readiness
 
 log = get_logger("loop")
+
+
+class FeedbackSource(Protocol):
+    """What the loop asks of the feedback: read new verdicts now, and the memory to decide with."""
+
+    @property
+    def memory(self) -> Feedback: ...
+
+    def poll(self) -> None: ...
 
 
 def run(
@@ -54,16 +65,19 @@ def run(
     flush_timeout_s: float = 30.0,
     verifier: Verifier | None = None,
     commit_interval_s: float = 0.0,
+    feedback: FeedbackSource | None = None,
 ) -> int:
     """Process batches until ``stop`` is set (production), or ``max_messages`` records are committed or
     nothing arrived for ``idle_timeout_s`` (tests). Returns the number of records committed.
 
     ``commit_interval_s``: how long a sent batch may wait for the flushes and the commit, which then
-    cover every batch sent since (0: each batch is committed on its own)."""
+    cover every batch sent since (0: each batch is committed on its own). ``feedback``: moderators'
+    verdicts, read before each poll and decided with (``worker.service.feedback``)."""
     metrics = metrics if metrics is not None else Metrics()
     readiness = readiness if readiness is not None else Readiness()
     timeouts = (flush_timeout_s, commit_interval_s)
     work = _Work(consumer, (encoder, verifier), index, publisher, config, topics, metrics, timeouts)
+    work.feedback = None if feedback is None else feedback.memory
     failures, last_record, committed = 0, time.monotonic(), 0
     rng = random.Random()  # noqa: S311 -- jitter for retries, not secrets
     with ThreadPoolExecutor(1, thread_name_prefix="twinflag-embed") as embedder:
@@ -79,6 +93,8 @@ def run(
                 if stop.is_set() or room == 0:
                     work.commit_sent()  # the batch already sent, then stop
                     continue
+                if feedback is not None:
+                    feedback.poll()  # verdicts first: they apply to every post decided after this
                 records = consumer.poll(room)
                 # kafka-python answers an unreachable broker with an empty poll, so only records (or a
                 # poll outside a back-off) show the broker is there; a back-off ends with a commit.
@@ -160,6 +176,7 @@ class _Work:
         self._index, self._publisher, self._config, self._topics = index, publisher, config, topics
         self._metrics, (self._flush_timeout_s, self._interval_s) = metrics, timeouts
         self._expirer = Expirer(index, config.retention)  # retention: drops points no post can match
+        self.feedback: Feedback | None = None
         self.sent: list[_Sent] = []
         self._oldest = 0.0  # when the first batch not committed was sent
         self.done = 0
@@ -190,7 +207,9 @@ class _Work:
         if not self.sent:
             self._publisher.begin()  # a new transaction for the batches of the next commit
             self._oldest = time.monotonic()
-        result = finish_batch(prepared, embedding.result(), self._index, self._config, self._verifier)
+        result = finish_batch(
+            prepared, embedding.result(), self._index, self._config, self._verifier, self.feedback
+        )
         publishing = time.perf_counter()
         for message in emit(result, self._topics):
             self._publisher.send(message.topic, message.key, message.value)
@@ -234,6 +253,7 @@ class _Work:
             deletions=result.deletions,
             reused_vectors=result.reused_vectors,
             verified=result.verified,
+            suppressed=result.suppressed,
             **{f"{stage}_ms": ms for stage, ms in result.timings_ms.items()},
             publish_ms=sent.publish_ms,
             flush_ms=round(commit_s[0] * 1000, 3),

@@ -15,12 +15,14 @@ import json
 import os
 import types
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.core.feedback import Recalibration
 from worker.core.parse import TombstoneScope
 from worker.index.config import IndexSettings
 from worker.kafka.config import KafkaSettings
@@ -67,6 +69,44 @@ class HttpSettings(BaseModel):
         return keys
 
 
+class FeedbackSettings(BaseModel):
+    """Moderators' verdicts (``worker.core.feedback``): ``TWINFLAG_FEEDBACK__*``. The worker reads them
+    from ``TWINFLAG_KAFKA__VERDICTS_TOPIC``; ``serve`` and the Python API keep them in ``store``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_verdicts: int = Field(
+        default=40, ge=2, description="Verdicts a tenant needs before its decision point is re-chosen."
+    )
+    min_each: int = Field(
+        default=5,
+        ge=1,
+        description="...of which at least this many of each answer; the point goes below the model's only "
+        "where reviewers rejected this many pairs below it.",
+    )
+    min_precision: float = Field(
+        default=0.8,
+        gt=0,
+        lt=1,
+        description="A learned point keeps precision over the reviewed pairs at or above it at least "
+        "this high, by the 95% Wilson lower bound.",
+    )
+    store: Path | None = Field(
+        default=None,
+        description="File of verdicts and what their pairs resolved to (JSON lines, appended): `serve` and "
+        "`twinflag.Detector` keep their verdicts there, the worker what a later-deleted post's pair was. "
+        "Unset: `verdicts.jsonl` in an embedded index's directory; none with a Qdrant server.",
+    )
+    catch_up_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="At start, longest the worker reads the verdicts topic before deciding posts.",
+    )
+
+    def rules(self) -> Recalibration:
+        return Recalibration(self.min_verdicts, self.min_each, self.min_precision)
+
+
 class WorkerSettings(BaseSettings):
     """Everything `python -m worker run` reads from the environment."""
 
@@ -87,6 +127,9 @@ class WorkerSettings(BaseSettings):
     model: ModelSettings = Field(default_factory=lambda: ModelSettings(), description="Model settings.")
     http: HttpSettings = Field(
         default_factory=lambda: HttpSettings(), description="HTTP API settings (`serve`)."
+    )
+    feedback: FeedbackSettings = Field(
+        default_factory=lambda: FeedbackSettings(), description="Moderators' verdicts."
     )
     top_k: int = Field(default=5, ge=1, le=100, description="Matches listed on a flag (best first).")
     commit_interval_ms: int = Field(

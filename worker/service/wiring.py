@@ -36,6 +36,7 @@ from worker.service.status import Metrics, Readiness, StatusServer
 
 if TYPE_CHECKING:
     from worker.model.encode import DirectoryEncoder
+    from worker.service.feedback import ReviewFile, StreamFeedback
 
 log = get_logger("main")
 T = TypeVar("T")
@@ -203,6 +204,59 @@ def stream_config(
     return replace(config, retention=settings.index.retention())
 
 
+def build_feedback(
+    settings: WorkerSettings, index: VectorIndex, config: StepConfig, stack: ExitStack, stop: threading.Event
+) -> StreamFeedback | None:
+    """The verdicts topic read to its end, as the loop's feedback (None: ``verdicts_topic`` unset, or
+    stopped while the broker was away). Closes on ``stack``."""
+    from worker.core.feedback import Feedback
+    from worker.kafka.verdicts import EventProducer, VerdictReader
+    from worker.service.feedback import FeedbackFeed, StreamFeedback
+
+    kafka = settings.kafka
+    if kafka.verdicts_topic is None:
+        return None
+    topic = kafka.verdicts_topic
+    options = consumer_options(kafka, settings.max_message_bytes, settings.backoff_max_s)
+    reader = retrying("verdicts", lambda: VerdictReader(options, topic), settings, stop)
+    producer_settings = producer_options(kafka, settings.max_message_bytes, settings.backoff_max_s)
+    producer = retrying("producer", lambda: EventProducer(producer_settings), settings, stop)
+    if reader is None or producer is None:
+        return None
+    close_s = settings.shutdown_timeout_s / 2
+    stack.callback(reader.close)
+    stack.callback(producer.close, close_s)
+    feed = FeedbackFeed(
+        Feedback(settings.feedback.rules()),
+        index,
+        config.decision,
+        config.model_version,
+        config.max_message_bytes,
+        config.max_id_chars,
+        config.max_dead_letter_bytes,
+        send=producer.send,
+        dlq_topic=kafka.dlq_topic,
+        points_topic=kafka.thresholds_topic,
+        store=review_file(settings),
+    )
+    feed.open()
+    flush_s = kafka.flush_timeout_s
+    source = StreamFeedback(feed, lambda timeout_ms: reader.read(timeout_ms), lambda: producer.flush(flush_s))
+    source.catch_up(reader.read_to_end(settings.feedback.catch_up_s))
+    return source
+
+
+def review_file(settings: WorkerSettings, index: IndexSettings | None = None) -> ReviewFile | None:
+    """Where verdicts and their resolved pairs are kept: the setting, else inside an embedded index."""
+    from worker.service.feedback import ReviewFile
+
+    chosen = index if index is not None else settings.index
+    path = settings.feedback.store
+    if path is None and chosen.backend == "embedded":
+        path = chosen.path / "verdicts.jsonl"
+    return None if path is None else ReviewFile(path)
+
+
 def topics(settings: WorkerSettings) -> Topics:
     kafka = settings.kafka
     return Topics(flags=kafka.flags_topic, dlq=kafka.dlq_topic, decisions=kafka.decisions_topic)
@@ -343,6 +397,14 @@ def run_worker(
         if started is None:
             return EXIT_OK  # stopped while waiting for a server
         index, consumer, publisher = started.index, started.consumer, started.publisher
+        config = stream_config(settings, encoder, threshold, started.dead_letter_bytes, decision)
+        try:
+            feedback = build_feedback(settings, index, config, stack, stop)
+        except Exception:
+            log.exception("start_failed")
+            return EXIT_ERROR
+        if settings.kafka.verdicts_topic is not None and feedback is None:
+            return EXIT_OK  # stopped while waiting for the broker
         log.info(
             "worker_started",
             model=encoder.version,
@@ -359,7 +421,7 @@ def run_worker(
                 encoder,
                 index,
                 publisher,
-                stream_config(settings, encoder, threshold, started.dead_letter_bytes, decision),
+                config,
                 stop,
                 verifier=None if decision is None else decision.verifier,
                 topics=topics(settings),
@@ -368,6 +430,7 @@ def run_worker(
                 backoff=backoff_of(settings),
                 flush_timeout_s=settings.kafka.flush_timeout_s,
                 commit_interval_s=settings.commit_interval_ms / 1000,
+                feedback=feedback,
             )
         except Exception:  # logged with its traceback by the loop; nothing was committed
             return EXIT_ERROR

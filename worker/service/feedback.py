@@ -1,0 +1,190 @@
+"""Verdicts in, between batches: parsed, remembered (``worker.core.feedback``), their dead letters and
+the learned decision points sent out.
+
+Two sources feed the same ``Feedback``: the worker reads the verdicts topic (``worker.kafka.verdicts``),
+``serve`` and ``twinflag.Detector`` keep a file of JSON lines (``ReviewFile``). Either way a verdict
+is parsed like a document (``worker.core.parse.parse_verdict``): a bad one becomes a dead letter with
+its reason, never a silent drop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worker.core.feedback import Feedback, Reviewed, TenantPoint, learned_point
+from worker.core.logs import get_logger
+from worker.core.messages import (
+    DeadLetter,
+    DeadLetterReason,
+    ModeratorVerdict,
+    dead_letter_message,
+    dumps,
+)
+from worker.core.parse import parse_verdict
+from worker.core.policy import Policy
+from worker.core.ports import VectorIndex
+from worker.core.records import Record
+
+log = get_logger("feedback")
+
+Send = Callable[[str, bytes | None, bytes], None]
+
+
+@dataclass(slots=True)
+class Applied:
+    """What one read of verdicts did."""
+
+    verdicts: list[ModeratorVerdict] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    points: list[TenantPoint] = field(default_factory=list)
+    resolved: list[Reviewed] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class FeedbackFeed:
+    """Records of verdicts → the ``Feedback`` the batch step decides with, and the messages it derives.
+
+    ``send`` (None: nothing is sent) takes (topic, key, value); dead letters go to ``dlq_topic``, learned
+    points to ``points_topic`` (None: logged only)."""
+
+    feedback: Feedback
+    index: VectorIndex
+    policy: Policy
+    model: str
+    max_message_bytes: int
+    max_id_chars: int
+    max_dead_letter_bytes: int
+    send: Send | None = None
+    dlq_topic: str = "documents.dlq"
+    points_topic: str | None = None
+    store: ReviewFile | None = None
+
+    def open(self) -> list[Reviewed]:
+        """What the store kept, restored into the feedback; returned for a caller that replays it."""
+        kept = [] if self.store is None else self.store.read()
+        self.feedback.restore(kept)
+        return kept
+
+    def apply(self, records: Sequence[Record]) -> Applied:
+        applied = Applied()
+        for record in records:
+            parsed = parse_verdict(record, self.max_message_bytes, self.max_id_chars)
+            if isinstance(parsed, DeadLetterReason):
+                applied.dead_letters.append(
+                    dead_letter_message(
+                        record, parsed, self.model, self.max_message_bytes, self.max_dead_letter_bytes
+                    )
+                )
+            else:
+                applied.verdicts.append(parsed)
+        if applied.verdicts:
+            applied.points, applied.resolved = self.feedback.apply(applied.verdicts, self.index, self.policy)
+            if self.store is not None:
+                self.store.append(applied.resolved)
+        if self.send is not None:
+            for letter, record in zip(applied.dead_letters, _dead(records, applied), strict=True):
+                self.send(self.dlq_topic, record.key, dumps(letter))
+            if self.points_topic is not None:
+                for point in applied.points:
+                    event = learned_point(point, self.policy, self.model)
+                    self.send(self.points_topic, f"{point.tenant}/{self.model}".encode(), dumps(event))
+        if records:
+            log.info(
+                "verdicts",
+                read=len(records),
+                remembered=len(applied.verdicts),
+                dead_letters=len(applied.dead_letters),
+                pairs=len(self.feedback),
+                points={p.tenant: p.point for p in applied.points},
+            )
+        return applied
+
+
+def _dead(records: Sequence[Record], applied: Applied) -> list[Record]:
+    """The records behind ``applied.dead_letters``, in the same order."""
+    by_source = {(r.topic, r.partition, r.offset): r for r in records}
+    return [by_source[(d.source.topic, d.source.partition, d.source.offset)] for d in applied.dead_letters]
+
+
+class ReviewFile:
+    """Verdicts and what their pairs resolved to (text hashes, cosine), as JSON lines beside the index:
+    read whole at start, appended and fsynced as new pairs resolve. The worker keeps it so a verdict read
+    again after a restart still knows a pair whose post was deleted since; ``serve`` and
+    ``twinflag.Detector``, which have no topic, keep their verdicts in it too."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._written: set[str] = set()
+
+    def read(self) -> list[Reviewed]:
+        if not self.path.exists():
+            return []
+        out = []
+        with self.path.open("rb") as handle:
+            for line in handle:
+                if line.strip():
+                    row = json.loads(line)
+                    hashes = row.get("hashes")
+                    item = Reviewed(
+                        ModeratorVerdict.model_validate(row["verdict"]),
+                        None if hashes is None else (str(hashes[0]), str(hashes[1])),
+                        row.get("cosine"),
+                    )
+                    out.append(item)
+                    self._written.add(_line(item))
+        return out
+
+    def append(self, items: Sequence[Reviewed]) -> None:
+        """Store the items not stored yet, durably."""
+        with self._lock:
+            lines = [line for line in dict.fromkeys(map(_line, items)) if line not in self._written]
+            if not lines:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.writelines(line + "\n" for line in lines)
+                handle.flush()
+                os.fsync(handle.fileno())
+            self._written.update(lines)
+
+
+def _line(item: Reviewed) -> str:
+    row: dict[str, object] = {"verdict": item.verdict.model_dump(mode="json", exclude_none=True)}
+    row |= {"cosine": item.cosine, "hashes": None if item.hashes is None else list(item.hashes)}
+    return json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class StreamFeedback:
+    """The worker's feedback: the verdicts topic read whole at start (``catch_up``), then whatever
+    arrived before each poll of documents; the loop decides with ``memory``."""
+
+    def __init__(
+        self,
+        feed: FeedbackFeed,
+        read: Callable[[int], list[Record]],
+        flush: Callable[[], None] | None = None,
+    ) -> None:
+        self._feed, self._read, self._flush = feed, read, flush
+
+    @property
+    def memory(self) -> Feedback:
+        return self._feed.feedback
+
+    def catch_up(self, records: Sequence[Record]) -> None:
+        self._apply(records)
+
+    def poll(self) -> None:
+        self._apply(self._read(0))
+
+    def _apply(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        applied = self._feed.apply(records)
+        if self._flush is not None and (applied.dead_letters or applied.points):
+            self._flush()
