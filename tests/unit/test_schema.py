@@ -169,7 +169,8 @@ def test_dumps_is_sorted_compact_and_rounded() -> None:
     assert data == dumps(flag.model_copy())
     assert data.startswith(
         b'{"decided_by":"encoder","detected_at":"1970-01-01T00:00:00.000Z","duplicate_of":"a",'
-        b'"duplicate_of_at":"1970-01-01T00:00:00.000Z","id":"b"'
+        b'"duplicate_of_at":"1970-01-01T00:00:00.000Z","duplicate_of_created_at":null,'
+        b'"duplicate_of_meta":null,"exact_by":null,"id":"b"'
     )
     assert b'"score":0.912346' in data
     assert b'{"id":"c","score":0.0}' in data

@@ -22,10 +22,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from worker.core.normalize import EXACT_STEPS, ExactBy
 from worker.core.ports import Candidate, Stage
 from worker.core.records import OrderKey
 
@@ -48,6 +49,16 @@ moderator's earlier verdict on the same pair (``worker.core.feedback``)."""
 
 
 @dataclass(frozen=True, slots=True)
+class MatchedPost:
+    """What a flag says of the earlier post it names: when it was created, its ``meta`` (as kept in the
+    index), and for an exact match the normalisation step that made the two texts equal."""
+
+    created_at: str | None = None
+    meta: dict[str, Any] | None = None
+    exact_by: ExactBy | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """The ranked candidates of one document and whether one of them is close enough.
 
@@ -63,6 +74,7 @@ class Verdict:
     probability: float | None = None
     verifier_score: float | None = None
     point: float | None = None  # the decision point, when a tenant's verdicts chose it (else the model's)
+    matched: MatchedPost | None = None  # of the decisive match, for a flag (stored with the decision)
 
     @property
     def best(self) -> Candidate | None:
@@ -208,6 +220,11 @@ def encode_verdict(verdict: Verdict) -> str:
         data["v"] = verdict.verifier_score
     if verdict.point is not None:
         data["t"] = verdict.point
+    if verdict.matched is not None:
+        m = verdict.matched
+        data["m"] = {
+            k: v for k, v in (("c", m.created_at), ("meta", m.meta), ("x", m.exact_by)) if v is not None
+        }
     return json.dumps(data, separators=(",", ":"))
 
 
@@ -230,11 +247,18 @@ def decode_verdict(text: str | None) -> Verdict | None:
             probability=None if data.get("p") is None else float(data["p"]),
             verifier_score=None if data.get("v") is None else float(data["v"]),
             point=None if data.get("t") is None else float(data["t"]),
+            matched=None if data.get("m") is None else _matched(data["m"]),
         )
     except (ValueError, KeyError, TypeError):
         return None
 
 
+def _matched(data: dict[str, Any]) -> MatchedPost:
+    exact = data.get("x")
+    return MatchedPost(data.get("c"), data.get("meta"), None if exact is None else _EXACT[exact])
+
+
+_EXACT: dict[str, ExactBy] = {step: step for step in EXACT_STEPS}
 _STAGES: dict[str, Stage] = {"exact": "exact", "batch": "batch", "index": "index"}
 _DECIDERS: dict[str, DecidedBy] = {
     "exact": "exact",

@@ -31,7 +31,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from worker.core.decide import DecidedBy, Verdict, round_score
-from worker.core.normalize import normalize
+from worker.core.normalize import ExactBy, normal_forms
 from worker.core.ports import Stage
 from worker.core.records import Record
 
@@ -83,9 +83,14 @@ class Document(BaseModel):
         return _check_id_length(value, info)
 
     @cached_property
+    def normal_forms(self) -> tuple[str, str]:
+        """``normalize``'s text and its steps' fingerprints (``worker.core.normalize.normal_forms``)."""
+        return normal_forms(self.text)
+
+    @property
     def normalized_text(self) -> str:
         """What the content hash is taken over (``worker.core.normalize``); computed once per document."""
-        return normalize(self.text)
+        return self.normal_forms[0]
 
     @field_validator("created_at", mode="before")
     @classmethod
@@ -212,6 +217,13 @@ class DuplicateFlag(_Out):
     source: Source
     meta: dict[str, Any] | None = None
     """The post's own ``meta``, as sent, when it is at most ``MAX_META_BYTES`` of JSON; else null."""
+    duplicate_of_created_at: str | None = None
+    """The earlier post's own ``created_at``, as it sent it (null when it had none)."""
+    duplicate_of_meta: dict[str, Any] | None = None
+    """The earlier post's ``meta``, when it is at most ``MAX_STORED_META_BYTES`` of JSON; else null."""
+    exact_by: ExactBy | None = None
+    """For an exact match, what made the two texts equal: ``identical``, or the last normalisation step
+    needed (``invisible`` characters, ``compatibility`` forms, ``whitespace``, ``case``)."""
 
 
 class Decision(_Out):
@@ -364,6 +376,19 @@ def meta_of(document: Document) -> dict[str, Any] | None:
     return document.meta if size <= MAX_META_BYTES else None
 
 
+MAX_STORED_META_BYTES = 1024
+"""The largest ``meta`` kept with a post in the index, for the flags of later posts that repeat it: an
+index holds millions of posts, so it keeps less than a flag carries of its own post."""
+
+
+def stored_meta(document: Document) -> str | None:
+    """The document's ``meta`` as kept in the index (compact JSON), or None when absent or too large."""
+    if not document.meta:
+        return None
+    text = json.dumps(document.meta, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+    return text if len(text.encode("utf-8")) <= MAX_STORED_META_BYTES else None
+
+
 def flag_message(
     record: Record, document: Document, verdict: Verdict, threshold: float, model: str
 ) -> DuplicateFlag | None:
@@ -387,6 +412,9 @@ def flag_message(
         detected_at=timestamp_iso(record.timestamp_ms),
         source=source_of(record),
         meta=meta_of(document),
+        duplicate_of_created_at=None if verdict.matched is None else verdict.matched.created_at,
+        duplicate_of_meta=None if verdict.matched is None else verdict.matched.meta,
+        exact_by=None if verdict.matched is None else verdict.matched.exact_by,
     )
 
 

@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import re
 import unicodedata
+from typing import Literal
 
 # Invisible characters that are not in category Cf but are used to pad or disguise text:
 # combining grapheme joiner, Hangul fillers, Khmer inherent vowels, variation selectors.
@@ -99,6 +100,38 @@ def normalize(text: str) -> str:
     # of the table is enough; str.split() without arguments splits on exactly the characters that
     # ``\\s`` matches, and is three times faster on a post that NFKC expands eighteenfold.
     return " ".join(unicodedata.normalize("NFKC", cap_mark_runs(text.translate(_TABLE))).split())
+
+
+ExactBy = Literal["identical", "invisible", "compatibility", "whitespace", "case"]
+EXACT_STEPS: tuple[ExactBy, ...] = ("identical", "invisible", "compatibility", "whitespace", "case")
+"""What an exact match took, in ``normalize``'s order: nothing (the same text), removing invisible and
+control characters, NFKC (full-width letters, ligatures, other compatibility forms), collapsing
+whitespace, and case (the hash is case-folded)."""
+
+
+def normal_forms(text: str) -> tuple[str, str]:
+    """``normalize(text)``, and short fingerprints of the text after each of its steps (raw, invisible
+    characters removed, NFKC, whitespace collapsed): two posts with the same hash agree from the step
+    that made them agree onwards, which is how a flag says what made an exact match (``exact_by``)."""
+    cleaned = text.translate(_TABLE)
+    composed = unicodedata.normalize("NFKC", cap_mark_runs(cleaned))
+    spaced = " ".join(composed.split())
+    return spaced, ".".join(_fingerprint(form) for form in (text, cleaned, composed, spaced))
+
+
+def exact_by(forms: str | None, other: str | None) -> ExactBy | None:
+    """The first step of ``EXACT_STEPS`` after which two posts of the same hash agree (None: unknown,
+    a post stored before fingerprints were kept)."""
+    if not forms or not other:
+        return None
+    for step, mine, theirs in zip(EXACT_STEPS, forms.split("."), other.split("."), strict=False):
+        if mine == theirs:
+            return step
+    return "case"
+
+
+def _fingerprint(form: str) -> str:
+    return hashlib.blake2b(form.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
 
 
 def text_hash(normalised: str) -> str:

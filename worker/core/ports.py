@@ -91,6 +91,8 @@ class IndexPoint:
     decision: str | None = None
     opaque: bool = False  # the model knew none of its tokens: it matches by the exact path only
     text: str | None = None  # the start of the post, kept only when a verifier needs to read it later
+    forms: str | None = None  # fingerprints of its normalisation steps (worker.core.normalize.normal_forms)
+    meta: str | None = None  # its meta, compact JSON, when small (worker.core.messages.stored_meta)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,9 @@ class StoredVector:
     decision: str | None = None
     opaque: bool = False
     text: str | None = None
+    created_at: str | None = None
+    forms: str | None = None
+    meta: str | None = None
 
 
 # ------------------------------------------------------------------------------------- the model

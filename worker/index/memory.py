@@ -89,7 +89,16 @@ class MemoryIndex:
             p = self._points.get(point_id(tenant, doc_id))
             if p is not None:
                 found[(tenant, doc_id)] = StoredVector(
-                    p.doc_id, p.tenant, p.text_hash, p.vector.copy(), p.decision, p.opaque, p.text
+                    p.doc_id,
+                    p.tenant,
+                    p.text_hash,
+                    p.vector.copy(),
+                    p.decision,
+                    p.opaque,
+                    p.text,
+                    p.created_at,
+                    p.forms,
+                    p.meta,
                 )
         return found
 

@@ -1,8 +1,9 @@
 """What both index backends share, written once: the payload, the filter, the ranking, the hash rule.
 
 Every point is one document of one tenant, under a deterministic id (``point_id``), with the payload
-``id, tenant, text_hash, created_at, model, ts, pos, decision, opaque, text`` (``text``: the start of
-the post, kept only for a model with a verifier, which reads it when a later post comes close).
+``id, tenant, text_hash, created_at, model, ts, pos, decision, opaque, text, forms, meta`` (``text``: the
+start of the post, kept only for a model with a verifier, which reads it when a later post comes close;
+``forms`` and ``meta``: what a later post's flag says of this one).
 Every search and lookup is bounded by one filter: ``tenant == T`` AND ``(ts < TS OR (ts == TS AND
 pos < POS))`` AND NOT ``has_id(own point id)``, and with a retention ``ts >= AFTER`` (``expired_filter``
 selects the points retention removes). The range conditions go through f64 in Qdrant, so
@@ -32,7 +33,7 @@ from worker.core.records import OrderKey
 _NAMESPACE = uuid.UUID("9a1d3c52-6f0e-4d8b-8e57-0c5a3f1b2d77")
 MAX_KEY = 2**53  # f64 range filters compare integers exactly below this
 RESULT_FIELDS = ["id", "ts", "pos"]
-STORED_FIELDS = ["id", "tenant", "text_hash", "decision", "opaque", "text"]
+STORED_FIELDS = ["id", "tenant", "text_hash", "decision", "opaque", "text", "created_at", "forms", "meta"]
 HASH_PROBE = 8  # first find_hashes stage: this many earliest points, to see every tie on ts
 MODEL_KEY = "twinflag_model_version"
 
@@ -75,6 +76,8 @@ def payload(point: IndexPoint) -> dict[str, Any]:
         "decision": point.decision,
         "opaque": point.opaque,
         "text": point.text,
+        "forms": point.forms,
+        "meta": point.meta,
     }
 
 
@@ -112,7 +115,15 @@ def stored(row: Mapping[str, Any], vector: np.ndarray) -> StoredVector:
         None if decision is None else str(decision),
         bool(row.get("opaque", False)),  # absent from points written before it was stored
         None if row.get("text") is None else str(row["text"]),
+        _text(row, "created_at"),
+        _text(row, "forms"),  # these three are absent from points written before they were stored
+        _text(row, "meta"),
     )
+
+
+def _text(row: Mapping[str, Any], field: str) -> str | None:
+    value = row.get(field)
+    return None if value is None else str(value)
 
 
 def ranked(found: list[Candidate]) -> list[Candidate]:

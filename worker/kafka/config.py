@@ -139,8 +139,8 @@ class KafkaSettings(BaseModel):
     )
     create_topics: bool = Field(
         default=False,
-        description="Create the input, flags, dead-letter, decisions, verdicts and thresholds topics at start "
-        "if missing (the last two compacted).",
+        description="Create the input, flags, dead-letter, decisions, verdicts and thresholds topics at "
+        "start if missing (the last two compacted).",
     )
     partitions: int = Field(default=3, ge=1, description="Partitions of topics created by `create_topics`.")
     replication_factor: int = Field(
