@@ -94,7 +94,7 @@ def config(compose_bin: str) -> dict[str, Any]:
 
 
 def test_compose_config_accepts_the_file(config: dict[str, Any]) -> None:
-    services = {"kafka", "qdrant", "init", "model-init", "worker", "worker-gpu", "trainer"}
+    services = {"kafka", "qdrant", "init", "model-init", "worker", "worker-gpu", "shadow", "trainer"}
     assert set(config["services"]) == services
 
 
@@ -194,6 +194,33 @@ def test_gpu_worker_is_in_the_gpu_profile_with_an_nvidia_reservation(raw: dict[s
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
     assert as_dict(gpu["environment"])["TWINFLAG_MODEL__DEVICE"] == "cuda"
+
+
+def test_shadow_replays_with_the_candidate_apart_from_the_live_group(
+    config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README, "Promoting a new model": its own group, collection, model and output topics, the same input
+    read from the start; a real setting for every variable."""
+    env = as_dict(config["services"]["shadow"]["environment"])
+    live = as_dict(config["services"]["worker"]["environment"])
+    for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = WorkerSettings()
+    assert settings.kafka.group_id == "twinflag-candidate" != live["TWINFLAG_KAFKA__GROUP_ID"]
+    assert settings.index.collection == "twinflag-candidate" != live["TWINFLAG_INDEX__COLLECTION"]
+    assert str(settings.model.path) == "/models/candidate"
+    assert settings.kafka.input_topic == live["TWINFLAG_KAFKA__INPUT_TOPIC"]
+    assert settings.kafka.auto_offset_reset == "earliest"
+    outputs = {settings.kafka.flags_topic, settings.kafka.dlq_topic, settings.kafka.decisions_topic}
+    assert not outputs & set(live.values())
+
+
+def test_shadow_is_in_its_own_profile(raw: dict[str, Any]) -> None:
+    shadow = raw["services"]["shadow"]
+    assert shadow["profiles"] == ["shadow"]
+    assert "models:/models:ro" in shadow["volumes"]
 
 
 def test_trainer_is_in_the_train_profile_and_writes_the_shared_volume(raw: dict[str, Any]) -> None:

@@ -263,3 +263,29 @@ def test_init_topics_passes_shellcheck() -> None:
         pytest.skip("shellcheck is not installed")
     result = subprocess.run([shellcheck, str(INIT_TOPICS)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout
+
+
+def test_shadow_replays_with_the_candidate_apart_from_the_workers(
+    worker: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README, "Promoting a new model": the workers' settings with its own group, collection, model and
+    output topics; outside the workers' selector (their Service, budget and autoscaler)."""
+    shadow = by_kind(K8S / "shadow.yaml")["Deployment"]
+    (container,) = shadow["spec"]["template"]["spec"]["containers"]
+    live: dict[str, str] = worker["ConfigMap"]["data"]
+    assert container["envFrom"] == [{"configMapRef": {"name": worker["ConfigMap"]["metadata"]["name"]}}]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert set(env) <= setting_names()
+    for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(key)
+    for key, value in {**live, **env, "TWINFLAG_INDEX__API_KEY": "from-the-secret"}.items():
+        monkeypatch.setenv(key, value)
+    settings = WorkerSettings()
+    assert settings.kafka.group_id != live["TWINFLAG_KAFKA__GROUP_ID"]
+    assert settings.index.collection != live["TWINFLAG_INDEX__COLLECTION"]
+    assert str(settings.model.path) != live["TWINFLAG_MODEL__PATH"]
+    assert settings.kafka.input_topic == live["TWINFLAG_KAFKA__INPUT_TOPIC"]
+    assert settings.kafka.auto_offset_reset == "earliest"
+    assert not {settings.kafka.flags_topic, settings.kafka.dlq_topic} & set(live.values())
+    selector = worker["Deployment"]["spec"]["selector"]["matchLabels"].items()
+    assert not selector <= shadow["spec"]["template"]["metadata"]["labels"].items()
