@@ -1,7 +1,8 @@
 """``python -m worker``: the command line. Parses arguments only; ``worker.service.commands`` acts.
 
 Commands: ``run`` (the Kafka service), ``scan`` (the batch step over a JSONL file), ``index`` (bulk-load
-a corpus), ``serve`` (the HTTP API), ``settings --markdown`` (the settings table of the README). Exit
+a corpus), ``serve`` (the HTTP API), ``verdicts`` (moderators' verdicts with their texts, for the trainer),
+``settings --markdown`` (the settings table of the README). Exit
 codes: 0 after a clean stop, 1 after an unexpected error (logged with its traceback, nothing
 committed), 2 for configuration, model or index problems that a restart cannot fix.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from worker import __version__
 from worker.core.errors import FatalError
-from worker.service.commands import cmd_index, cmd_run, cmd_scan, cmd_serve, cmd_settings
+from worker.service.commands import cmd_index, cmd_run, cmd_scan, cmd_serve, cmd_settings, cmd_verdicts
 from worker.service.wiring import EXIT_CONFIG
 
 DESCRIPTION = "twinflag worker: documents from Kafka → embed → nearest earlier posts → duplicate flags."
@@ -60,6 +61,16 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--index", type=Path, help="embedded index directory (default: TWINFLAG_INDEX__*)")
     serve.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
     serve.set_defaults(func=cmd_serve)
+
+    verdicts = commands.add_parser(
+        "verdicts",
+        help="the verdicts kept beside the index, texts read back from the documents topic (for retrain)",
+    )
+    verdicts.add_argument("--out", type=Path, required=True, help="verdicts, one JSON object per line")
+    verdicts.add_argument(
+        "--index", type=Path, help="embedded index directory (default: TWINFLAG_INDEX__PATH)"
+    )
+    verdicts.set_defaults(func=cmd_verdicts)
 
     settings = commands.add_parser("settings", help="show the settings (values, secrets masked)")
     settings.add_argument("--markdown", action="store_true", help="every setting as a Markdown table")

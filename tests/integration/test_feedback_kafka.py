@@ -8,6 +8,9 @@ the hash encoder, whose cosine is a trigram overlap: the pairs below are built t
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -20,7 +23,7 @@ import pytest
 
 from devkit.kafka import Names, create_topics, produce, read_topic
 from tests.fakes import HashEncoder
-from tests.integration.conftest import worker_settings
+from tests.integration.conftest import REPO, worker_settings
 from worker.service.loop import run
 from worker.service.settings import WorkerSettings
 from worker.service.wiring import (
@@ -132,5 +135,27 @@ def test_a_rejected_pair_is_not_flagged_again_in_the_same_run_nor_after_a_restar
         produce(broker, names.input, [deletion("b2"), post("b3", NEAR_MISS), post("c1", ORIGINAL + " now")])
         after = decisions(broker, names, 6)
     assert not after["b3"]["flagged"], after["b3"]
+
+    # the texts a training run needs, read back from the documents topic where the worker found the posts
+    exported = tmp_path / "verdicts.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWINFLAG_")}
+    env |= {"TWINFLAG_KAFKA__BOOTSTRAP_SERVERS": broker, "TWINFLAG_KAFKA__INPUT_TOPIC": names.input}
+    command = [
+        sys.executable,
+        "-m",
+        "worker",
+        "verdicts",
+        "--out",
+        str(exported),
+        "--index",
+        str(tmp_path / "index"),
+    ]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert [(r["id"], r["duplicate_of"], r["text"], r["duplicate_text"]) for r in rows] == [
+        ("b1", "a1", NEAR_MISS, ORIGINAL)  # b1 as it was when judged, though edited and deleted since
+    ]
+    assert "2 texts read back from the documents topic" in done.stderr
     assert after["c1"]["flagged"]
     assert after["c1"]["duplicate_of"] == "a1"  # other pairs are flagged as before

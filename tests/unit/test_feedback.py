@@ -199,3 +199,43 @@ def test_the_operators_tenant_point_wins_over_a_learned_one() -> None:
 def test_the_wilson_bound_is_honest_at_small_counts() -> None:
     assert wilson_lower(5, 5) < 0.6 < wilson_lower(50, 50) < 1.0
     assert wilson_lower(0, 0) == 0.0
+
+
+# ------------------------------------------------------------------------- texts for the trainer
+
+
+def test_exported_verdicts_get_their_texts_back_or_say_why_not() -> None:
+    from worker.core.feedback import Reviewed
+    from worker.service.pairs import with_texts
+
+    at_a, at_b, gone = (1, 0 << 40 | 5), (2, 1 << 40 | 7), (3, 0 << 40 | 1)
+    topic = {
+        (0, 5): json.dumps({"id": "a1", "text": "first"}).encode(),
+        (1, 7): b'{"id": "other", "text": "x"}',
+    }
+    items = [
+        Reviewed(
+            verdict(id="b1", duplicate_of="a1"), None, None, (at_b, at_a)
+        ),  # b's offset holds another post
+        Reviewed(verdict(id="c1", duplicate_of="a1", text="own"), None, None, (None, at_a)),
+        Reviewed(verdict(id="d1", duplicate_of="a1"), None, None, (gone, None)),
+    ]
+    asked: list[list[tuple[int, int]]] = []
+
+    def read(positions: list[tuple[int, int]]) -> dict[tuple[int, int], bytes | None]:
+        asked.append(positions)
+        return {p: topic.get(p) for p in positions}
+
+    rows, why = with_texts(items, read)
+    assert asked == [[(0, 1), (0, 5), (1, 7)]]  # one read for all, each position once
+    assert [(r.get("text"), r.get("duplicate_text")) for r in rows] == [
+        (None, "first"),
+        ("own", "first"),
+        (None, None),
+    ]
+    assert why == {
+        "read back from the documents topic": 2,
+        "in the verdict": 1,
+        "no longer in the documents topic (retention) or another post there": 2,
+        "not in the index when the verdict was read": 1,
+    }

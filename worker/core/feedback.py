@@ -33,6 +33,7 @@ from worker.core.messages import LearnedPoint, ModeratorVerdict
 from worker.core.normalize import normalize, text_hash
 from worker.core.policy import Policy
 from worker.core.ports import Candidate, VectorIndex
+from worker.core.records import OrderKey
 
 Label = Literal["duplicate", "not_duplicate"]
 
@@ -48,6 +49,7 @@ class Reviewed:
     verdict: ModeratorVerdict
     hashes: tuple[str, str] | None
     cosine: float | None
+    orders: tuple[OrderKey | None, OrderKey | None] = (None, None)  # where each post was read, if known
 
     @property
     def untrainable(self) -> str | None:
@@ -127,7 +129,9 @@ class Feedback:
         before = self._known.get(item.verdict.key)
         if before is not None:
             hashes = item.hashes if item.hashes is not None else before.hashes
-            item = Reviewed(item.verdict, hashes, item.cosine if item.cosine is not None else before.cosine)
+            cosine = item.cosine if item.cosine is not None else before.cosine
+            orders = (item.orders[0] or before.orders[0], item.orders[1] or before.orders[1])
+            item = Reviewed(item.verdict, hashes, cosine, orders)
         self._known[item.verdict.key] = item
         return item
 
@@ -243,7 +247,8 @@ def resolve(verdicts: Sequence[ModeratorVerdict], index: VectorIndex) -> list[Re
         if a is not None and b is not None and not (a.opaque or b.opaque):
             product = np.dot(a.vector.astype(np.float64), b.vector.astype(np.float64))
             cosine = clamp_score(float(product))
-        out.append(Reviewed(v, hashes, cosine))
+        orders = (None if a is None else a.order, None if b is None else b.order)
+        out.append(Reviewed(v, hashes, cosine, orders))
     return out
 
 

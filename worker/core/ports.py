@@ -109,6 +109,7 @@ class StoredVector:
     created_at: str | None = None
     forms: str | None = None
     meta: str | None = None
+    order: OrderKey | None = None  # where the post was read: (record time, partition << 40 | offset)
 
 
 # ------------------------------------------------------------------------------------- the model

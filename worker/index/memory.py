@@ -99,6 +99,7 @@ class MemoryIndex:
                     p.created_at,
                     p.forms,
                     p.meta,
+                    p.order,
                 )
         return found
 

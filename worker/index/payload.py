@@ -33,7 +33,10 @@ from worker.core.records import OrderKey
 _NAMESPACE = uuid.UUID("9a1d3c52-6f0e-4d8b-8e57-0c5a3f1b2d77")
 MAX_KEY = 2**53  # f64 range filters compare integers exactly below this
 RESULT_FIELDS = ["id", "ts", "pos"]
-STORED_FIELDS = ["id", "tenant", "text_hash", "decision", "opaque", "text", "created_at", "forms", "meta"]
+STORED_FIELDS = [
+    *("id", "tenant", "text_hash", "decision", "opaque", "text"),
+    *("created_at", "forms", "meta", "ts", "pos"),
+]
 HASH_PROBE = 8  # first find_hashes stage: this many earliest points, to see every tie on ts
 MODEL_KEY = "twinflag_model_version"
 
@@ -118,6 +121,7 @@ def stored(row: Mapping[str, Any], vector: np.ndarray) -> StoredVector:
         _text(row, "created_at"),
         _text(row, "forms"),  # these three are absent from points written before they were stored
         _text(row, "meta"),
+        None if row.get("ts") is None or row.get("pos") is None else (int(row["ts"]), int(row["pos"])),
     )
 
 

@@ -92,3 +92,31 @@ class EventProducer:
 
     def close(self, timeout_s: float) -> None:
         self._producer.close(timeout=timeout_s)
+
+
+def read_positions(
+    options: dict[str, Any], topic: str, positions: list[tuple[int, int]], timeout_s: float = 10.0
+) -> dict[tuple[int, int], bytes | None]:
+    """The values at (partition, offset) of ``topic``; None where the topic no longer holds the offset
+    (retention) or it cannot be read within ``timeout_s``."""
+    consumer = KafkaConsumer(
+        **{**options, "group_id": None, "enable_auto_commit": False, "auto_offset_reset": "earliest"}
+    )
+    found: dict[tuple[int, int], bytes | None] = {}
+    try:
+        for partition, offset in sorted(set(positions)):
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, offset)
+            deadline, value = time.monotonic() + timeout_s, None
+            while time.monotonic() < deadline:
+                batch = consumer.poll(timeout_ms=500, max_records=1).get(tp, [])
+                if batch:
+                    value = batch[0].value if batch[0].offset == offset else None  # moved on: deleted
+                    break
+            found[(partition, offset)] = value
+    except KafkaError as error:
+        raise BrokerUnavailableError(f"reading {topic}: {type(error).__name__}") from error
+    finally:
+        consumer.close()
+    return found

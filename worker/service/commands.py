@@ -159,3 +159,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         serve(direct, settings.http)
     return EXIT_OK
+
+
+def cmd_verdicts(args: argparse.Namespace) -> int:
+    """The verdicts kept beside the index, texts read back from the documents topic (``service.pairs``)."""
+    from worker.kafka.config import consumer_options
+    from worker.kafka.verdicts import read_positions
+    from worker.service.pairs import with_texts
+    from worker.service.wiring import review_file
+
+    settings = load_settings()
+    logs.configure(settings.log_level, settings.log_format)
+    index = settings.index if args.index is None else settings.index.model_copy(update={"path": args.index})
+    store = review_file(settings, index)
+    if store is None or not store.path.exists():
+        where = "TWINFLAG_FEEDBACK__STORE" if store is None else str(store.path)
+        raise FatalError(f"no verdicts kept at {where}: the worker keeps them once it reads a verdicts topic")
+    kafka = settings.kafka
+    options = consumer_options(kafka, settings.max_message_bytes, settings.backoff_max_s)
+    reviewed = list({item.verdict.key: item for item in store.read()}.values())  # the last per pair
+    rows, why = with_texts(reviewed, lambda positions: read_positions(options, kafka.input_topic, positions))
+    with args.out.open("w", encoding="utf-8") as out:
+        out.writelines(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
+    print(f"{len(rows)} verdicts → {args.out}", file=sys.stderr)
+    for reason, count in why.most_common():
+        print(f"  {count:6d} texts {reason}", file=sys.stderr)
+    return EXIT_OK

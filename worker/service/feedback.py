@@ -28,7 +28,7 @@ from worker.core.messages import (
 from worker.core.parse import parse_verdict
 from worker.core.policy import Policy
 from worker.core.ports import VectorIndex
-from worker.core.records import Record
+from worker.core.records import OrderKey, Record
 
 log = get_logger("feedback")
 
@@ -130,11 +130,12 @@ class ReviewFile:
             for line in handle:
                 if line.strip():
                     row = json.loads(line)
-                    hashes = row.get("hashes")
+                    hashes, orders = row.get("hashes"), row.get("orders") or [None, None]
                     item = Reviewed(
                         ModeratorVerdict.model_validate(row["verdict"]),
                         None if hashes is None else (str(hashes[0]), str(hashes[1])),
                         row.get("cosine"),
+                        (_order(orders[0]), _order(orders[1])),
                     )
                     out.append(item)
                     self._written.add(_line(item))
@@ -154,9 +155,17 @@ class ReviewFile:
             self._written.update(lines)
 
 
+def _order(value: object) -> OrderKey | None:
+    if not isinstance(value, list) or len(value) != 2:
+        return None
+    return (int(value[0]), int(value[1]))
+
+
 def _line(item: Reviewed) -> str:
     row: dict[str, object] = {"verdict": item.verdict.model_dump(mode="json", exclude_none=True)}
     row |= {"cosine": item.cosine, "hashes": None if item.hashes is None else list(item.hashes)}
+    if item.orders != (None, None):
+        row["orders"] = [None if o is None else list(o) for o in item.orders]
     return json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
