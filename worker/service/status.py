@@ -59,8 +59,11 @@ class Metrics:
             registry=r,
         )
         self.lag = Gauge(
-            "twinflag_consumer_lag", "Records behind the end of the assigned partitions.", registry=r
+            "twinflag_consumer_lag",
+            "Records behind the end of the assigned partitions; NaN until the first commit measures it.",
+            registry=r,
         )
+        self.lag.set(float("nan"))  # not 0: a worker that has read nothing yet has not caught up
 
     def observe(self, result: BatchOutcome, seconds: float) -> None:
         self.records.inc(result.records)
