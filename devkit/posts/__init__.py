@@ -30,7 +30,8 @@ the vocabularies allow it, and never repeats an original's text.
 
 Modules: ``stream`` (kinds, shares, records), ``templates`` (the pieces and vocabularies, read from
 ``topics.toml`` and ``vocab.toml`` beside it), ``edits`` (the spam edits), ``compose`` (``generate``),
-``score`` (``precision_recall``), ``files`` (JSON Lines) and ``__main__`` (the command line).
+``score`` (``precision_recall``), ``files`` (JSON Lines), ``review`` (a moderator who answers from the
+truth, for ``bench.feedback``) and ``__main__`` (the command line).
 """
 
 from devkit.posts.compose import generate
