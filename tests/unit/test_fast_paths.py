@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.unit.test_model import TEXTS, tiny_sentence_transformer
+from tests.unit.test_model import TEXTS, embeds_without_transformers, tiny_sentence_transformer
 from worker.model.bert import BertConfig, BertModel
 from worker.model.directory import load_model_dir, save_model_dir
 from worker.model.encode import TorchEncoder, load_encoder
@@ -69,14 +69,7 @@ def test_the_in_house_bert_computes_what_transformers_bert_does() -> None:
 
 
 def test_loading_a_model_does_not_import_transformers(tmp_path: Path) -> None:
-    model = tiny_transformer_dir(tmp_path)
-    code = (
-        "import sys; from worker.model.encode import load_encoder; "
-        f"load_encoder({str(model)!r}, 'cpu').embed(['a post']); "
-        "print('transformers' in sys.modules)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert embeds_without_transformers(tiny_transformer_dir(tmp_path))
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,18 @@ def tiny_bilstm_dir(path: Path, seed: int = 0) -> tuple[Path, BiLSTMEncoder, Tok
 def tiny_sentence_transformer(path: Path, seed: int = 0) -> Path:
     """A randomly initialised tiny BERT laid out like a sentence-transformers directory."""
     return write_tiny_bert(path, tiny_tokenizer(), hidden_size=16, max_tokens=32, seed=seed)
+
+
+def embeds_without_transformers(model: Path) -> bool:
+    """Whether a fresh interpreter loads the model directory and embeds a post without ever importing
+    ``transformers`` (3.5 s of the worker's start)."""
+    code = (
+        "import sys; from worker.model.encode import load_encoder; "
+        f"load_encoder({str(model)!r}, 'cpu').embed(['a post']); "
+        "print('transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.strip() == "False"
 
 
 # ---------------------------------------------------------------------------------------------

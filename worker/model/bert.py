@@ -1,5 +1,6 @@
 """BERT in plain torch: the encoder stack a model directory's weights were trained in, without importing
-``transformers``. RoBERTa and XLM-R are the same stack with positions counted from after the pad id.
+``transformers``. RoBERTa and XLM-R are the same stack with positions counted from after the pad id;
+MPNet (``worker.model.mpnet``) reuses its configuration, attention heads and feed-forward blocks.
 
 Importing ``transformers`` cost the worker about 3.5 s of its start (on top of torch's 2 s) for one
 class. This is that class's inference and training path for the configurations twinflag runs (absolute
@@ -15,11 +16,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from torch import nn
+
+from worker.model.manifest import ModelType
 
 
 @dataclass(frozen=True)
@@ -39,14 +42,19 @@ class BertConfig:
     hidden_act: str = "gelu"
     position_embedding_type: str = "absolute"
     pad_token_id: int = 0
-    model_type: str = "bert"
+    model_type: ModelType = "bert"
+    relative_attention_num_buckets: int = 32  # MPNet's relative position bias (the others have none)
 
     @property
     def position_offset(self) -> int:
-        """RoBERTa-family models number positions from ``pad_token_id + 1`` (BERT from 0)."""
+        """RoBERTa-family models number positions from ``pad_token_id + 1``, MPNet from 2 (BERT from 0)."""
+        if self.model_type == "mpnet":
+            return MPNET_PADDING_IDX + 1
         return self.pad_token_id + 1 if self.model_type in ROBERTA_FAMILY else 0
 
     def __post_init__(self) -> None:
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type {self.model_type!r} is not one of {FAMILIES}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not a multiple of {self.num_attention_heads} heads"
@@ -55,6 +63,8 @@ class BertConfig:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
         if self.position_embedding_type != "absolute":
             raise ValueError(f"position_embedding_type {self.position_embedding_type!r} is not 'absolute'")
+        if self.model_type == "mpnet" and self.relative_attention_num_buckets < MPNET_BUCKETS:
+            raise ValueError(f"relative_attention_num_buckets {self.relative_attention_num_buckets} < 32")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> BertConfig:
@@ -73,16 +83,18 @@ class BertConfig:
             raise ValueError(f"not JSON: {error}") from error
         if not isinstance(values, dict):
             raise ValueError("not a JSON object")
-        if values.get("model_type", "bert") not in MODEL_TYPES:
-            raise ValueError(f"model_type {values.get('model_type')!r} is not one of {sorted(MODEL_TYPES)}")
         return cls.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
-        return {field.name: getattr(self, field.name) for field in fields(self)}
+        values = {field.name: getattr(self, field.name) for field in fields(self)}
+        if self.model_type != "mpnet":  # BERT's config.json as it always was
+            del values["relative_attention_num_buckets"]
+        return values
 
     def to_json(self) -> str:
         """``config.json`` text that this class and ``transformers`` both read."""
-        return json.dumps({"architectures": ["BertModel"], **self.to_dict()}, indent=2, sort_keys=True) + "\n"
+        values = {"architectures": ["MPNetModel" if self.model_type == "mpnet" else "BertModel"]}
+        return json.dumps({**values, **self.to_dict()}, indent=2, sort_keys=True) + "\n"
 
 
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -90,9 +102,16 @@ def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 
 
 ROBERTA_FAMILY = frozenset({"roberta", "xlm-roberta", "camembert"})
-MODEL_TYPES = ROBERTA_FAMILY | {"bert"}
-"""What this module runs: BERT (MiniLM, most English sentence-transformers) and the RoBERTa family
-(multilingual XLM-R bases). MPNet's relative attention is another stack, not this one."""
+MODEL_TYPES = frozenset(get_args(ModelType))
+"""What the worker runs: BERT (MiniLM, most English sentence-transformers) and the RoBERTa family
+(multilingual XLM-R bases) in this module's stack; MPNet (all-mpnet-base-v2) in ``worker.model.mpnet``."""
+FAMILIES = "BERT (bert), RoBERTa (roberta, xlm-roberta, camembert) or MPNet (mpnet)"
+"""The supported ``model_type`` values, as an error message names them."""
+
+MPNET_PADDING_IDX = 1
+"""MPNet numbers positions from after id 1 whatever ``config.json`` says (as ``transformers`` does)."""
+MPNET_BUCKETS = 32
+"""The relative-position buckets MPNet uses, whatever ``config.json`` says (as ``transformers`` does)."""
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
@@ -124,17 +143,27 @@ class BertEmbeddings(nn.Module):
         return out
 
 
-class BertSelfAttention(nn.Module):
+class HeadsAttention(nn.Module):
+    """What BERT's and MPNet's self-attention share (no parameters, so neither's weight names change):
+    the heads, scaled-dot-product attention over them, and dropout in training mode."""
+
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         self.heads = config.num_attention_heads
         self.head_width = config.hidden_size // config.num_attention_heads
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def attend(
+        self,
+        hidden: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> torch.Tensor:
+        """The projections of ``hidden`` ``(n, length, width)`` attended, ``(n, length, width)``.
+        ``bias``: boolean (True: attend), or added to the scores (MPNet's position bias with its
+        padding), broadcast over ``(n, heads, length, length)``."""
         n, length, width = hidden.shape
 
         def split(x: torch.Tensor) -> torch.Tensor:
@@ -144,21 +173,35 @@ class BertSelfAttention(nn.Module):
             # Written out as BERT's reference implementation does it, with an additive mask: the graph
             # ONNX Runtime's optimiser recognises and fuses into one Attention operator (SDPA's export
             # it does not), which int8 then runs faster. The same numbers, to float rounding.
-            scores = torch.matmul(split(self.query(hidden)), split(self.key(hidden)).transpose(-1, -2))
+            scores = torch.matmul(split(query), split(key).transpose(-1, -2))
             scores = scores / math.sqrt(self.head_width)
-            additive = (1.0 - bias.to(scores.dtype)) * torch.finfo(scores.dtype).min
+            if bias.dtype == torch.bool:
+                additive = (1.0 - bias.to(scores.dtype)) * torch.finfo(scores.dtype).min
+            else:
+                additive = bias.to(scores.dtype)
             probs = torch.softmax(scores + additive, dim=-1)
-            context = torch.matmul(probs, split(self.value(hidden)))
+            context = torch.matmul(probs, split(value))
             return context.permute(0, 2, 1, 3).contiguous().view(n, length, width)
         context = F.scaled_dot_product_attention(
-            split(self.query(hidden)),
-            split(self.key(hidden)),
-            split(self.value(hidden)),
+            split(query),
+            split(key),
+            split(value),
             attn_mask=bias,
             dropout_p=self.dropout_p if self.training else 0.0,
             scale=1.0 / math.sqrt(self.head_width),
         )
         return context.transpose(1, 2).reshape(n, length, width)
+
+
+class BertSelfAttention(HeadsAttention):
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config)
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return self.attend(hidden, self.query(hidden), self.key(hidden), self.value(hidden), bias)
 
 
 class BertOutput(nn.Module):
@@ -199,9 +242,11 @@ class BertIntermediate(nn.Module):
 
 
 class BertLayer(nn.Module):
-    def __init__(self, config: BertConfig) -> None:
+    """Attention (BERT's, or another stack's with the same ``(hidden, bias)`` call), then feed-forward."""
+
+    def __init__(self, config: BertConfig, attention: nn.Module | None = None) -> None:
         super().__init__()
-        self.attention = BertAttention(config)
+        self.attention = attention if attention is not None else BertAttention(config)
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config, config.intermediate_size)
 
@@ -222,6 +267,8 @@ class BertModel(nn.Module):
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
+        if config.model_type == "mpnet":
+            raise ValueError("MPNet is not this stack: worker.model.mpnet.MPNetModel runs it")
         self.config = config
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoderStack(config)

@@ -137,10 +137,11 @@ def build_module(manifest: Manifest, root: Path) -> nn.Module:
     try:
         config = BertConfig.from_json_file(required_file(root, CONFIG_FILE))
     except (ValueError, TypeError, OSError) as error:
-        raise ModelFormatError(f"{root}: {CONFIG_FILE} is not a BERT configuration: {error}") from error
+        raise ModelFormatError(f"{root}: {CONFIG_FILE} is not a model this worker runs: {error}") from error
     if config.hidden_size != manifest.dim:
         raise ModelFormatError(f"{root}: config.json hidden_size {config.hidden_size} != dim {manifest.dim}")
     summary = {
+        **({"model_type": params.model_type} if params.model_type is not None else {}),
         "num_hidden_layers": params.num_hidden_layers,
         "num_attention_heads": params.num_attention_heads,
         "intermediate_size": params.intermediate_size,
@@ -272,7 +273,8 @@ def save_model_dir(
 
     files = dict(extra_files or {})
     if manifest.architecture == "transformer" and _model_type(files.get(CONFIG_FILE)) == "bert":
-        # (the weights are saved under BERT's names: transformers loads a RoBERTa-family model from others)
+        # (the weights are saved under BERT's names: transformers loads a RoBERTa-family or MPNet model
+        # from others)
         from worker.model.pretrained import sentence_transformers_layout
 
         files = {**sentence_transformers_layout(manifest, tokenizer), **files}

@@ -6,7 +6,7 @@ A model directory holds exactly these files, and loading reads nothing else::
                        thresholds, base model, training-data fingerprints, dev metrics, version
     model.safetensors  the weights (safetensors only: loading never unpickles)
     tokenizer.json     a Hugging Face ``tokenizers`` tokenizer (both architectures)
-    config.json        the BERT config (``transformer`` only)
+    config.json        the transformer's config (``transformer`` only): BERT, RoBERTa family or MPNet
     model.onnx         instead of the safetensors, for ``precision: int8``: the transformer quantised
                        to int8 and run by ONNX Runtime (``trainer quantize``; ``worker.model.onnx``)
 
@@ -46,6 +46,9 @@ PICKLE_SUFFIXES = frozenset(
 ALLOWED_SUFFIXES = frozenset({".json", ".safetensors", ".onnx", ".md", ".png", ".txt"})
 
 Architecture = Literal["transformer", "bilstm", "static"]
+ModelType = Literal["bert", "roberta", "xlm-roberta", "camembert", "mpnet"]
+"""The ``config.json`` model types a transformer may be: ``worker.model.bert`` runs the first four,
+``worker.model.mpnet`` the last."""
 Precision = Literal["float32", "int8"]
 
 
@@ -75,9 +78,12 @@ MAX_LAYERS = 128
 
 
 class TransformerParams(_Frozen):
-    """A summary of ``config.json`` (which stays the source of truth for building the BERT)."""
+    """A summary of ``config.json`` (which stays the source of truth for building the stack)."""
 
     kind: Literal["transformer"] = "transformer"
+    model_type: ModelType | None = Field(
+        default=None, description="config.json's model_type (None: written before manifests recorded it)."
+    )
     hidden_size: int = Field(gt=0, le=MAX_WIDTH)
     num_hidden_layers: int = Field(gt=0, le=MAX_LAYERS)
     num_attention_heads: int = Field(gt=0, le=MAX_WIDTH)

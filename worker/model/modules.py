@@ -1,7 +1,8 @@
 """The two encoders a model directory can hold, as torch modules.
 
 Both map ``(input_ids, attention_mask) -> (n, dim)`` L2-normalised float32: ``TransformerEncoder``
-(BERT + attention-masked mean pooling, what sentence-transformers' all-MiniLM-L6-v2 does) and
+(BERT, a RoBERTa-family model or MPNet + attention-masked mean pooling, what sentence-transformers'
+all-MiniLM-L6-v2 does) and
 ``BiLSTMEncoder`` (embedding + bidirectional LSTM + masked mean/max pooling + projection, the classic
 Siamese encoder, for CPU-only deployments).
 """
@@ -18,6 +19,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from worker.model.bert import BertConfig, BertModel
 from worker.model.encode import pad_ids
 from worker.model.manifest import BiLSTMParams
+from worker.model.mpnet import MPNetModel
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -27,13 +29,19 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 
 class TransformerEncoder(nn.Module):
-    """BERT → attention-masked mean pooling (or the first token's vector, ``cls``) → L2 normalisation."""
+    """BERT → attention-masked mean pooling (or the first token's vector, ``cls``) → L2 normalisation.
+
+    The stack is the one ``config.model_type`` names (MPNet's, or BERT's for BERT and the RoBERTa
+    family); it is ``bert`` whichever it is, the prefix of every weight in a model directory.
+    """
 
     def __init__(self, config: BertConfig, pooling: str = "mean") -> None:
         super().__init__()
         if pooling not in ("mean", "cls"):
             raise ValueError(f"a transformer pools by mean or cls, not {pooling!r}")
-        self.bert = BertModel(config)
+        self.bert: BertModel | MPNetModel = (
+            MPNetModel(config) if config.model_type == "mpnet" else BertModel(config)
+        )
         self.pooling = pooling
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -53,12 +53,12 @@ class PretrainedParts:
 def from_sentence_transformer(
     path: Path, max_tokens: int | None = None, harden: bool = True
 ) -> PretrainedParts:
-    """A ``TransformerEncoder`` + tokenizer from a sentence-transformers directory (a BERT or RoBERTa-family
-    model, XLM-R included; mean or CLS pooling).
+    """A ``TransformerEncoder`` + tokenizer from a sentence-transformers directory (a BERT, RoBERTa-family
+    or MPNet model, XLM-R and all-mpnet-base-v2 included; mean or CLS pooling).
 
     Reads only ``config.json``, ``model.safetensors``, ``tokenizer.json`` and the small JSON files that
     describe the pipeline; a ``pytorch_model.bin`` beside them is ignored, never loaded. Refuses
-    pipelines it would not reproduce exactly (max pooling, dense layers, MPNet and other stacks).
+    pipelines it would not reproduce exactly (max pooling, dense layers, other stacks).
     ``harden`` adds ``harden_normalizer``'s fold to the tokenizer (embeddings of ordinary text are
     unchanged: they equal sentence-transformers' own).
     """
@@ -87,7 +87,7 @@ def from_sentence_transformer(
         raise ModelFormatError(f"{root}: config.json is not a model this worker runs: {error}") from error
     module = TransformerEncoder(config, pooling)
     tensors = load_file(str(required_file(root, WEIGHTS_FILE)), device="cpu")
-    prefixes = ("0.auto_model.", "bert.", "roberta.")
+    prefixes = ("0.auto_model.", "bert.", "roberta.", "mpnet.")
     tensors = {_strip(k, prefixes): v for k, v in tensors.items()}
     expected = module.bert.state_dict()
     unused = {k for k in tensors if k not in expected}
@@ -105,6 +105,7 @@ def from_sentence_transformer(
     tokenizer = Tokenizer.from_file(str(required_file(root, TOKENIZER_FILE)))
     tokenizer = configure_tokenizer(harden_normalizer(tokenizer) if harden else tokenizer, limit)
     params = TransformerParams(
+        model_type=config.model_type,
         hidden_size=config.hidden_size,
         num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads,

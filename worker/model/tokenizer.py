@@ -57,8 +57,12 @@ def configure_tokenizer(tokenizer: Tokenizer, max_tokens: int) -> Tokenizer:
 
 
 def pad_token_id(tokenizer: Tokenizer) -> int:
-    """The id of ``[PAD]`` or ``<pad>`` (0 for the vocabularies we ship; 0 when a vocabulary has none)."""
-    for name in (PAD_TOKEN, "<pad>"):  # BERT's WordPiece, then SentencePiece vocabularies (XLM-R: 1)
+    """The id of ``<pad>`` or ``[PAD]`` (0 for the vocabularies we ship; 0 when a vocabulary has none).
+
+    ``<pad>`` first: XLM-R's SentencePiece vocabulary has only it (1), and MPNet's has both, BERT's
+    ``[PAD]`` (4) among the WordPiece entries it kept and ``<pad>`` (1), the one it pads with.
+    """
+    for name in ("<pad>", PAD_TOKEN):
         pad = tokenizer.token_to_id(name)
         if pad is not None:
             return int(pad)
