@@ -163,11 +163,18 @@ def test_the_point_goes_down_only_where_reviewers_also_rejected_pairs_below_it()
     flags = [(0.95, True, 60), (0.91, False, 5)]
     missed_only = evidence([*flags, (0.80, True, 10)])  # reviewers only reported misses below the point
     assert recalibrate("t", missed_only, Policy(0.9), RULES).point >= 0.9  # type: ignore[union-attr]
-    looked = evidence([*flags, (0.85, True, 10), (0.70, False, 6), (0.60, True, 3)])
+    looked = evidence([*flags, (0.85, True, 20), (0.70, False, 6), (0.60, True, 3)])
     chosen = recalibrate("t", looked, Policy(0.9), RULES)
     assert chosen is not None
     assert chosen.point == 0.85  # down to where the misses are, above the rejected pairs at 0.70
     assert chosen.point >= 0.70  # never below the lowest rejected pair
+
+
+def test_a_small_gain_or_an_imprecise_band_moves_nothing() -> None:
+    flags = [(0.95, True, 60), (0.91, False, 1), (0.92, True, 4)]
+    assert recalibrate("t", evidence([*flags, (0.5, False, 5)]), Policy(0.9), RULES) is None  # F1 +0.008
+    mixed_band = evidence([(0.95, True, 40), (0.85, True, 12), (0.86, False, 6), (0.70, False, 5)])
+    assert recalibrate("t", mixed_band, Policy(0.9), RULES) is None  # 12 of 18 below: not precise enough
 
 
 def test_a_calibrated_model_learns_a_probability() -> None:

@@ -9,11 +9,13 @@ Two effects, both at once and both per tenant:
   the same two texts (new ids) is caught too. The last verdict on a pair wins.
 - **Decision points.** Each verdict whose two posts are still in the index (or whose texts came with
   it) adds the pair's cosine to its tenant's evidence. Once a tenant has ``min_verdicts`` of them, at
-  least ``min_each`` of each answer, its decision point is re-chosen (``recalibrate``): the cut with
-  the best F1 over the reviewed pairs among those whose precision, by its 95% Wilson lower bound, is at
-  least ``min_precision``. Reviewers see mostly flags, so the evidence below the point is thin: the
-  point goes down only where reviewers also judged pairs below it (``min_each`` rejected ones at
-  least), and never below the lowest pair they rejected.
+  least ``min_each`` of each answer, its decision point is re-chosen (``recalibrate``): the cut with the
+  best F1 over the reviewed pairs, when it beats the current point's by ``min_gain``. Raising the point
+  only drops flags, every one of which reviewers saw. Lowering it adds the pairs between the new cut
+  and the point, which reviewers see only when they look below the point ("possible duplicates"): it
+  needs ``min_each`` of them judged, a share of duplicates among them whose 95% Wilson lower bound is at
+  least ``min_precision``, and ``min_each`` rejected pairs below the point at least (reports of missed
+  reposts alone are no sample); and it never goes below the lowest pair they rejected.
 
 Replays are unaffected: a replayed post republishes its stored first decision (``worker.core.step``),
 so a verdict changes the decisions of posts that arrive after the worker read it, and only those.
@@ -65,6 +67,7 @@ class Recalibration:
     min_verdicts: int = 40
     min_each: int = 5
     min_precision: float = 0.8
+    min_gain: float = 0.01
     z: float = 1.96  # the Wilson bound's normal quantile: 95%, two-sided
 
 
@@ -255,7 +258,8 @@ def resolve(verdicts: Sequence[ModeratorVerdict], index: VectorIndex) -> list[Re
 def recalibrate(
     tenant: str, evidence: Sequence[tuple[float, bool]], policy: Policy, rules: Recalibration
 ) -> TenantPoint | None:
-    """The tenant's decision point from its reviewed pairs, or None while the evidence is too thin."""
+    """The tenant's decision point from its reviewed pairs, or None while the evidence is too thin or no
+    cut beats the current point's F1 by ``min_gain`` (see the module's docstring)."""
     positives = sum(1 for _, duplicate in evidence if duplicate)
     negatives = len(evidence) - positives
     if len(evidence) < rules.min_verdicts or min(positives, negatives) < rules.min_each:
@@ -263,33 +267,32 @@ def recalibrate(
     unit = policy.encoder if policy.encoder is not None else (lambda cosine: cosine)
     scores = np.array([round_score(unit(cosine)) for cosine, _ in evidence])
     truth = np.array([duplicate for _, duplicate in evidence])
-    previous = policy.point(tenant) if tenant not in policy.tenant_points else policy.tenant_points[tenant]
+    previous = round_score(policy.tenant_points.get(tenant, policy.point(tenant)))
     rejected_below = scores[(~truth) & (scores < previous)]
     floor = float(rejected_below.min()) if len(rejected_below) >= rules.min_each else previous
-    best: TenantPoint | None = None
-    for cut in sorted({float(s) for s in scores} | {round_score(previous)}):
-        if cut < floor:
-            continue
+
+    def scored(cut: float) -> TenantPoint:
         above = scores >= cut
         tp, fp = int((above & truth).sum()), int((above & ~truth).sum())
-        fn = positives - tp
-        if tp + fp < rules.min_each:
-            continue
+        f1 = 2 * tp / (2 * tp + fp + positives - tp)
         low = wilson_lower(tp, tp + fp, rules.z)
-        if low < rules.min_precision:
+        return TenantPoint(tenant, cut, previous, len(evidence), positives, round_score(low), round_score(f1))
+
+    current = scored(previous)
+    best = current
+    for cut in sorted({float(s) for s in scores}):
+        if cut < floor or cut == previous:
             continue
-        f1 = 2 * tp / (2 * tp + fp + fn)
-        if best is None or f1 > best.f1:  # ascending cuts: a tie keeps the lower one, more recall
-            best = TenantPoint(
-                tenant,
-                round_score(cut),
-                previous,
-                len(evidence),
-                positives,
-                round_score(low),
-                round_score(f1),
-            )
-    return best
+        if cut < previous:  # the flags it adds: reviewers must have found them mostly duplicates
+            band = (scores >= cut) & (scores < previous)
+            if band.sum() < rules.min_each:
+                continue
+            if wilson_lower(int((band & truth).sum()), int(band.sum()), rules.z) < rules.min_precision:
+                continue
+        chosen = scored(cut)
+        if chosen.f1 > best.f1:  # ascending cuts: a tie keeps the lower one, more recall
+            best = chosen
+    return best if best.f1 >= current.f1 + rules.min_gain else None
 
 
 def wilson_lower(successes: int, trials: int, z: float = 1.96) -> float:

@@ -88,8 +88,14 @@ class FeedbackSettings(BaseModel):
         default=0.8,
         gt=0,
         lt=1,
-        description="A learned point keeps precision over the reviewed pairs at or above it at least "
-        "this high, by the 95% Wilson lower bound.",
+        description="A point goes down only where the reviewed pairs it would add are duplicates at least "
+        "this often, by the 95% Wilson lower bound.",
+    )
+    min_gain: float = Field(
+        default=0.01,
+        ge=0,
+        lt=1,
+        description="A learned point must beat the current one's F1 over the reviewed pairs by this much.",
     )
     store: Path | None = Field(
         default=None,
@@ -104,7 +110,7 @@ class FeedbackSettings(BaseModel):
     )
 
     def rules(self) -> Recalibration:
-        return Recalibration(self.min_verdicts, self.min_each, self.min_precision)
+        return Recalibration(self.min_verdicts, self.min_each, self.min_precision, self.min_gain)
 
 
 class WorkerSettings(BaseSettings):
