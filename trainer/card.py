@@ -230,6 +230,18 @@ def model_readme(manifest: Manifest) -> str:
             "text folds (NFKC, homoglyphs, zero-width characters) are in `tokenizer.json`'s normaliser,",
             "so any caller that loads it with `tokenizers` or sentence-transformers applies them.",
         ]
+    retrained = manifest.training.get("retrained_from")
+    verdicts = manifest.training.get("verdicts")
+    if retrained is not None and isinstance(verdicts, dict):
+        lines += [
+            "",
+            "## Retrained from verdicts",
+            "",
+            f"Continued from `{retrained}` on {verdicts.get('trained_on')} moderators' verdicts"
+            f" (`python -m trainer retrain`), {verdicts.get('held_back')} more held back: it ranks those",
+            "better than the model it came from and loses no more than the allowed average precision on",
+            "the held-out pairs (the manifest's `training.gate`).",
+        ]
     lines += [
         "",
         "## Reproduce",

@@ -1,8 +1,10 @@
-"""``python -m trainer {train,evaluate,score,export,default,verifier,quantize,distill}``: the command line.
+"""``python -m trainer {train,evaluate,score,export,default,verifier,quantize,distill,retrain,compare}``: the
+command line.
 
 stdout carries results only (metrics, scores); logs and progress go to stderr. Exit status 2 for bad
-input (a missing or unreadable file, a refused model directory, a setting out of range), 1 for
-anything unexpected. The ``train`` flags are generated from ``TrainSettings`` (a flag wins over its
+input (a missing or unreadable file, a refused model directory, a setting out of range), 3 when
+``retrain``'s candidate is not better than the live model (nothing written), 1 for anything
+unexpected. The ``train`` flags are generated from ``TrainSettings`` (a flag wins over its
 ``TWINFLAG_TRAIN_*`` variable, which wins over the default). Torch is imported only once a command
 runs, so ``--help`` answers at once.
 """
@@ -187,7 +189,56 @@ def parser() -> argparse.ArgumentParser:
         help="recalibrate the model at --out on that stream, no training",
     )
     distill.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_retrain_commands(sub)
     return root
+
+
+def add_retrain_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``retrain`` (the live model taught by verdicts, written only if better) and ``compare``."""
+    retrain = sub.add_parser(
+        "retrain",
+        help="continue the live model on moderators' verdicts; write it only if it beats the live model"
+        " (exit status 3 and nothing written otherwise)",
+    )
+    compare = sub.add_parser(
+        "compare", help="two models side by side on the held-back verdicts and the dev sets"
+    )
+    for command, model_flags in ((retrain, ("--model",)), (compare, ("--live",))):
+        command.add_argument(*model_flags, type=Path, required=True, help="the live model directory")
+        command.add_argument(
+            "--verdicts",
+            type=Path,
+            nargs="+",
+            action="extend",
+            required=True,
+            metavar="FILE",
+            help="verdicts, one JSON message of the verdicts topic per line; the last per key wins",
+        )
+        command.add_argument(
+            "--documents",
+            type=Path,
+            help="posts (JSONL: id, text, tenant) for verdicts without their texts",
+        )
+        command.add_argument(
+            "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="pair files (default ../shared/data)"
+        )
+        command.add_argument("--max-pairs", type=int, default=2000, help="pairs per dev set checked")
+        command.add_argument("--device", default="auto", choices=DEVICES)
+    retrain.add_argument("--out", type=Path, required=True, help="model directory to write if it is better")
+    retrain.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=5.0,
+        help="training, calibration and export (the checks after it take about a minute more)",
+    )
+    retrain.add_argument("--seed", type=int, default=0)
+    retrain.add_argument("--copies", type=int, default=4, help="how often each verdict is seen per epoch")
+    retrain.add_argument(
+        "--max-ap-drop", type=float, default=0.005, help="AP a held-out dev set may lose (else refused)"
+    )
+    retrain.add_argument("--no-progress", action="store_true", help="no progress bar")
+    compare.add_argument("--candidate", type=Path, required=True, help="the candidate model directory")
+    compare.add_argument("--json", type=Path, metavar="OUT", help="also write the comparison as JSON")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -257,6 +308,10 @@ def run(args: argparse.Namespace) -> None:
                 calibration_truth=args.calibration_truth,
             )
             distill(args.teacher, args.data_dir, args.out, recipe, progress=not args.no_progress)
+        case "retrain":
+            commands.run_retrain(args)
+        case "compare":
+            commands.run_compare(args)
         case "default":
             commands.run_default(
                 args.data_dir,
@@ -277,4 +332,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataError, ModelFormatError, FileNotFoundError, ValueError) as error:
         get_logger("trainer").error("refused", error=str(error))
         return 2
+    except Exception as error:
+        from trainer.compare import GateRefused  # already loaded: only retrain raises it
+
+        if not isinstance(error, GateRefused):
+            raise
+        get_logger("trainer").error("not_better_not_written", out=str(args.out), why=str(error))
+        return 3
     return 0

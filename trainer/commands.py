@@ -6,6 +6,7 @@ command line turns bad input into exit status 2.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -198,3 +199,38 @@ def run_quantize(
             f"  {check.name:<28} AP float32 {check.float32:.4f}  int8 {check.int8:.4f}"
             f"  drop {check.drop:+.4f}"
         )
+
+
+def run_retrain(args: argparse.Namespace) -> None:
+    """``trainer retrain``: the candidate's figures against the live model's, and where it was written."""
+    from trainer.retrain import RetrainRecipe, retrain
+
+    recipe = RetrainRecipe(
+        budget_s=args.budget_minutes * 60.0,
+        copies=args.copies,
+        max_pairs=args.max_pairs,
+        max_ap_drop=args.max_ap_drop,
+        seed=args.seed,
+        device=args.device,
+    )
+    progress = not args.no_progress
+    manifest = retrain(
+        args.model, args.verdicts, args.documents, args.out, args.data_dir, recipe, progress=progress
+    )
+    print(f"wrote {args.out} ({manifest.version}, threshold {manifest.thresholds.decision:.4f})")
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    """``trainer compare``: the table on stdout (and JSON on request)."""
+    from trainer.compare import compare
+
+    compare(
+        args.live,
+        args.candidate,
+        args.verdicts,
+        args.documents,
+        args.data_dir,
+        max_pairs=args.max_pairs,
+        json_out=args.json,
+        device=args.device,
+    )
