@@ -3,7 +3,10 @@
 # requirements.lock changed (the stamp file).
 
 PYTHON ?= $(shell command -v python3.11 || echo python3)
-VENV := .venv
+PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+# Python 3.11 (what CI runs) installs into .venv; 3.12 or 3.13 (`PYTHON=python3.13 make test`) into a
+# .venv-3.13 of its own, so the two never share packages.
+VENV ?= $(if $(filter-out 3.11,$(PYTHON_VERSION)),.venv-$(PYTHON_VERSION),.venv)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR ?= ../shared/data
@@ -16,7 +19,8 @@ TORCH_INDEX ?=
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
-	@$(PYTHON) -c "import sys; sys.exit(sys.version_info[:2] != (3, 11))" || { echo "twinflag needs Python 3.11 (set PYTHON=python3.11)" >&2; exit 1; }
+	@case "$(PYTHON_VERSION)" in 3.11|3.12|3.13) ;; *) echo "twinflag needs Python 3.11, 3.12 or 3.13; $(PYTHON) is $(or $(PYTHON_VERSION),not found) (set PYTHON=python3.11)" >&2; exit 1;; esac
+	@if [ "$(PYTHON_VERSION)" != 3.11 ] && [ -z "$(TORCH_INDEX)" ]; then echo "note: Python $(PYTHON_VERSION): torch==2.13.0 comes from PyPI, on Linux x86_64 the CUDA build (about 3 GB with its nvidia-* and cuda-* wheels); TORCH_INDEX=URL takes it from another index. CI tests 3.11 only." >&2; fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
 		-c requirements.lock -e ".[dev]"
