@@ -229,7 +229,7 @@ def add_retrain_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "--budget-minutes",
         type=float,
         default=5.0,
-        help="training, calibration and export (the checks after it take about a minute more)",
+        help="training, calibration and export (the checks after it take a few minutes more)",
     )
     retrain.add_argument("--seed", type=int, default=0)
     retrain.add_argument("--copies", type=int, default=4, help="how often each verdict is seen per epoch")

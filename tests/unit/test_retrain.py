@@ -216,7 +216,7 @@ def test_retrain_refuses_a_model_that_is_not_better_and_writes_nothing(
     out = tmp_path / "candidate"
     run = trainer_cli(
         "retrain", "--model", stream["live"], "--verdicts", stream["verdicts"], "--documents",
-        stream["documents"], "--data-dir", stream["data"], "--out", out, "--budget-minutes", "0.6",
+        stream["documents"], "--data-dir", stream["data"], "--out", out, "--budget-minutes", "0.8",
         "--no-progress",
     )  # fmt: skip
     assert run.returncode == 3, run.stderr[-2000:]
@@ -227,6 +227,9 @@ def test_retrain_refuses_a_model_that_is_not_better_and_writes_nothing(
     assert "held-back verdicts" in refused["why"]
     assert "does not beat the live model's 1.0000" in refused["why"]
     assert "qqp dev (untrained half)" in run.stdout  # the table, before the verdict
+    events = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    trained = next(e for e in events if e["event"] == "model_written")  # the candidate, in a temp dir
+    assert trained["steps"] > 0
 
 
 def test_retrain_says_when_the_held_back_verdicts_cannot_judge_a_model(
