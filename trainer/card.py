@@ -135,6 +135,15 @@ def data_terms(name: str) -> str:
     return DATA_TERMS.get(Path(name).parent.name.lower(), UNKNOWN_TERMS)
 
 
+def loads_in_sentence_transformers(manifest: Manifest) -> bool:
+    """Whether the directory is also a sentence-transformers one: a float32 BERT (the layout is written
+    for BERT only, ``worker.model.directory.save_model_dir``; other stacks keep BERT's weight names)."""
+    if manifest.architecture != "transformer" or manifest.precision != "float32":
+        return False
+    model_type = getattr(manifest.hyperparameters, "model_type", None)
+    return model_type in (None, "bert")
+
+
 def model_readme(manifest: Manifest) -> str:
     """``README.md`` of a model directory (a model card): what it is for, what it inherits from its data,
     how well it does and at which threshold, how to use it and how to make it again. From the manifest
@@ -148,7 +157,7 @@ def model_readme(manifest: Manifest) -> str:
         "---",
         f"license: {'other' if restricted or not terms else 'apache-2.0'}",
         "library_name: sentence-transformers"
-        if manifest.architecture == "transformer"
+        if loads_in_sentence_transformers(manifest)
         else "library_name: twinflag",
         "pipeline_tag: sentence-similarity",
         "tags: [twinflag, near-duplicate-detection, sentence-similarity]",
@@ -222,7 +231,7 @@ def model_readme(manifest: Manifest) -> str:
         "python -m worker scan --model <this directory> --input posts.jsonl --output flags.jsonl",
         "```",
     ]
-    if manifest.architecture == "transformer" and manifest.precision == "float32":
+    if loads_in_sentence_transformers(manifest):
         lines += [
             "",
             "It is also a sentence-transformers directory: `SentenceTransformer('<dir>').encode(texts)`",

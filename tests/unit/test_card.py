@@ -56,3 +56,16 @@ def test_every_exported_directory_has_its_card(tmp_path: Path) -> None:
     assert f"# twinflag model `{version}`" in card
     assert "(uncalibrated)" in card
     assert "SentenceTransformer(" in card
+
+
+def test_only_a_float32_bert_directory_says_it_loads_in_sentence_transformers() -> None:
+    assert "library_name: sentence-transformers" in model_readme(manifest())
+    assert "SentenceTransformer(" in model_readme(manifest())
+    for other in (
+        manifest(hyperparameters=PARAMS.model_copy(update={"model_type": "mpnet"})),  # BERT's weight names
+        manifest(hyperparameters=PARAMS.model_copy(update={"model_type": "xlm-roberta"})),
+        manifest(precision="int8"),
+    ):
+        card = model_readme(other)
+        assert "library_name: twinflag" in card
+        assert "SentenceTransformer(" not in card
