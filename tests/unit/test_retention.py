@@ -158,7 +158,10 @@ def test_retention_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("TWINFLAG_INDEX__TENANT_RETENTION_DAYS", '{"chat": 0.5}')
     settings = WorkerSettings()
     assert settings.index.retention() == Retention(30 * DAY_MS, {"chat": DAY_MS // 2})
-    assert stream_config(settings, HashEncoder(), 0.8).retention == settings.index.retention()
+    assert (
+        stream_config(settings, step_config(settings, HashEncoder(), 0.8)).retention
+        == settings.index.retention()
+    )
     assert step_config(settings, HashEncoder(), 0.8).retention == Retention()  # checks see everything
 
 

@@ -190,14 +190,6 @@ def open_direct(
     config = step_config(
         settings, encoder, chosen if chosen is not None else manifest_threshold, decision=decision
     )
-    feed = FeedbackFeed(
-        Feedback(settings.feedback.rules()),
-        vectors,
-        config.decision,
-        encoder.version,
-        settings.max_message_bytes,
-        config.max_id_chars,
-        config.max_dead_letter_bytes,
-    )
-    feed.store = review_file(settings, index_settings)
+    feedback = Feedback(settings.feedback.rules())
+    feed = FeedbackFeed.for_step(config, vectors, feedback, review_file(settings, index_settings))
     return DirectStep(encoder, vectors, config, decision.verifier, feedback=feed)

@@ -29,6 +29,7 @@ from worker.core.parse import parse_verdict
 from worker.core.policy import Policy
 from worker.core.ports import VectorIndex
 from worker.core.records import OrderKey, Record
+from worker.core.step import StepConfig
 
 log = get_logger("feedback")
 
@@ -63,6 +64,33 @@ class FeedbackFeed:
     dlq_topic: str = "documents.dlq"
     points_topic: str | None = None
     store: ReviewFile | None = None
+
+    @classmethod
+    def for_step(
+        cls,
+        config: StepConfig,
+        index: VectorIndex,
+        feedback: Feedback,
+        store: ReviewFile | None,
+        *,
+        send: Send | None = None,
+        dlq_topic: str = "documents.dlq",
+        points_topic: str | None = None,
+    ) -> FeedbackFeed:
+        """The feed of a batch step: its policy, model and input limits."""
+        return cls(
+            feedback,
+            index,
+            config.decision,
+            config.model_version,
+            config.max_message_bytes,
+            config.max_id_chars,
+            config.max_dead_letter_bytes,
+            send,
+            dlq_topic,
+            points_topic,
+            store,
+        )
 
     def open(self) -> list[Reviewed]:
         """What the store kept, restored into the feedback; returned for a caller that replays it."""

@@ -191,16 +191,9 @@ def step_config(
     )
 
 
-def stream_config(
-    settings: WorkerSettings,
-    encoder: Encoder,
-    threshold: float,
-    dead_letter_bytes: int = DEFAULT_DEAD_LETTER_BYTES,
-    decision: DecisionPlan | None = None,
-) -> StepConfig:
-    """``step_config`` with the retention (``TWINFLAG_INDEX__RETENTION_DAYS``): the stream's alone, as
-    only the loop expires points, and a check (at the largest timestamp) would see nothing through it."""
-    config = step_config(settings, encoder, threshold, dead_letter_bytes, decision)
+def stream_config(settings: WorkerSettings, config: StepConfig) -> StepConfig:
+    """``config`` with the retention (``TWINFLAG_INDEX__RETENTION_DAYS``): the stream's alone, as only
+    the loop expires points, and a check (at the largest timestamp) would see nothing through it."""
     return replace(config, retention=settings.index.retention())
 
 
@@ -226,18 +219,14 @@ def build_feedback(
     close_s = settings.shutdown_timeout_s / 2
     stack.callback(reader.close)
     stack.callback(producer.close, close_s)
-    feed = FeedbackFeed(
-        Feedback(settings.feedback.rules()),
+    feed = FeedbackFeed.for_step(
+        config,
         index,
-        config.decision,
-        config.model_version,
-        config.max_message_bytes,
-        config.max_id_chars,
-        config.max_dead_letter_bytes,
+        Feedback(settings.feedback.rules()),
+        review_file(settings),
         send=producer.send,
         dlq_topic=kafka.dlq_topic,
         points_topic=kafka.thresholds_topic,
-        store=review_file(settings),
     )
     feed.open()
     flush_s = kafka.flush_timeout_s
@@ -397,7 +386,9 @@ def run_worker(
         if started is None:
             return EXIT_OK  # stopped while waiting for a server
         index, consumer, publisher = started.index, started.consumer, started.publisher
-        config = stream_config(settings, encoder, threshold, started.dead_letter_bytes, decision)
+        config = stream_config(
+            settings, step_config(settings, encoder, threshold, started.dead_letter_bytes, decision)
+        )
         try:
             feedback = build_feedback(settings, index, config, stack, stop)
         except Exception:
