@@ -279,7 +279,7 @@ def test_shadow_replays_with_the_candidate_apart_from_the_workers(
     for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
         monkeypatch.delenv(key)
     for key, value in {**live, **env, "TWINFLAG_INDEX__API_KEY": "from-the-secret"}.items():
-        monkeypatch.setenv(key, value)
+        monkeypatch.setenv(key, value if value is not None else "from-value-from")  # a secret, the pod name
     settings = WorkerSettings()
     assert settings.kafka.group_id != live["TWINFLAG_KAFKA__GROUP_ID"]
     assert settings.index.collection != live["TWINFLAG_INDEX__COLLECTION"]
