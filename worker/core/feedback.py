@@ -90,7 +90,7 @@ class Feedback:
     """The verdicts read so far, the pair memory and each tenant's learned decision point."""
 
     rules: Recalibration = field(default_factory=Recalibration)
-    _last: dict[str, Reviewed] = field(default_factory=dict)  # verdict key → its last verdict
+    _last: dict[str, dict[str, Reviewed]] = field(default_factory=dict)  # tenant → verdict key → last
     _by_ids: dict[tuple[str, str, str], Label] = field(default_factory=dict)
     _by_hashes: dict[tuple[str, str, str], Label] = field(default_factory=dict)
     _concerned: set[tuple[str, str]] = field(default_factory=set)  # (tenant, id or hash) in any pair
@@ -98,7 +98,7 @@ class Feedback:
     points: dict[str, TenantPoint] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self._last)
+        return sum(map(len, self._last.values()))
 
     def restore(self, known: Sequence[Reviewed]) -> None:
         """What pairs resolved to before (kept beside the index): a verdict read again after one of its
@@ -118,7 +118,7 @@ class Feedback:
         for tenant in sorted({item.verdict.tenant for item in reviewed}):
             chosen = recalibrate(tenant, self.evidence(tenant), policy, self.rules)
             if chosen is not None:
-                latest = max(i.verdict.at for i in self._last.values() if i.verdict.tenant == tenant)
+                latest = max(item.verdict.at for item in self._last[tenant].values())
                 chosen = replace(chosen, at=latest.isoformat())
             if chosen is not None and self.points.get(tenant) != chosen:
                 self.points[tenant] = chosen
@@ -140,7 +140,7 @@ class Feedback:
 
     def _remember(self, item: Reviewed) -> None:
         v = item.verdict
-        self._last[v.key] = item
+        self._last.setdefault(v.tenant, {})[v.key] = item
         self._by_ids[(v.tenant, *_pair(v.id, v.duplicate_of))] = v.verdict
         self._concerned.add((v.tenant, v.id))
         if item.hashes is not None:
@@ -151,13 +151,9 @@ class Feedback:
         """The tenant's reviewed pairs with a known cosine: (cosine, judged a duplicate)."""
         return [
             (item.cosine, item.verdict.verdict == "duplicate")
-            for item in self._last.values()
-            if item.verdict.tenant == tenant and item.cosine is not None
+            for item in self._last.get(tenant, {}).values()
+            if item.cosine is not None
         ]
-
-    def reviewed(self) -> list[Reviewed]:
-        """Every pair's last verdict, in the order they were first read."""
-        return list(self._last.values())
 
     def concerns(self, tenant: str, doc_id: str, doc_hash: str) -> bool:
         """Whether any verdict names this post or its text: only then are its candidates screened."""
