@@ -50,7 +50,7 @@ from trainer.static_model import (
 )
 from trainer.stream import Post
 from worker.core.logs import get_logger
-from worker.model.manifest import Manifest, StaticParams, Thresholds
+from worker.model.manifest import Manifest, StaticParams
 from worker.model.static import StaticEncoder, features, plain_normalizer
 
 if TYPE_CHECKING:
@@ -442,14 +442,7 @@ def distill(
         cut = labelled_stream_cut(encoder, recipe.calibration_posts, recipe.calibration_truth)
         where = f"the labelled stream {recipe.calibration_posts.name} ({recipe.calibration_posts.parent})"
     if cut is not None:  # the worker's question: flag at the cosine with the best F1 on a repost stream
-        thresholds = Thresholds(
-            decision=cut.threshold,
-            precision=cut.precision,
-            recall=cut.recall,
-            best_f1=cut.f1,
-            best_f1_threshold=cut.threshold,
-            calibrated_on=f"best F1 on {where}",
-        )
+        thresholds = cut.thresholds(where)
         log.info("stream_threshold", **asdict(cut))
     selection = _select_score(encoder.embed, select_sets)
     training: dict[str, object] = {

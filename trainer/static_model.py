@@ -78,6 +78,17 @@ class StreamCut:
     recall: float
     f1: float
 
+    def thresholds(self, where: str) -> Thresholds:
+        """The manifest's decision: flag at this cut, best F1 on the stream ``where`` describes."""
+        return Thresholds(
+            decision=self.threshold,
+            precision=self.precision,
+            recall=self.recall,
+            best_f1=self.f1,
+            best_f1_threshold=self.threshold,
+            calibrated_on=f"best F1 on {where}",
+        )
+
 
 def simulated_stream(data_dir: Path, stream_pairs: int, seed: int) -> tuple[list[Post], str]:
     """A repost stream simulated from pairs no model trained on (``trainer.ship.calibration_pairs``)."""
@@ -151,14 +162,7 @@ def recalibrate(model: Path, posts: Path, truth: Path) -> Manifest:
     cut = labelled_stream_cut(encoder, posts, truth)
     if cut is None:
         raise ValueError(f"{posts}: no post with an earlier one of its tenant, or nothing to flag")
-    thresholds = Thresholds(
-        decision=cut.threshold,
-        precision=cut.precision,
-        recall=cut.recall,
-        best_f1=cut.f1,
-        best_f1_threshold=cut.threshold,
-        calibrated_on=f"best F1 on the labelled stream {posts.name} ({posts.parent})",
-    )
+    thresholds = cut.thresholds(f"the labelled stream {posts.name} ({posts.parent})")
     manifest = encoder.manifest.model_copy(update={"thresholds": thresholds})
     final = write_static_dir(model, manifest, encoder.table, encoder.tokenizer)
     log.info("recalibrated", out=str(model), version=final.version, **asdict(cut))
