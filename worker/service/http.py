@@ -335,25 +335,24 @@ def create_app(direct: DirectStep, settings: HttpSettings) -> FastAPI:
     def refused(letter: DeadLetter) -> ApiError:
         return ApiError(422, letter.code, letter.reason)
 
-    @app.post("/v1/check", response_model=DecisionOut, summary="Would this post be flagged? (read-only)")
-    async def check(body: CheckRequest, own: Annotated[str, Depends(key_tenant)]) -> DecisionOut:
-        bounded(body.text)
-        post = Post(body.text, tenant_of(body.tenant, own), body.id or CHECK_ID)
-        found = await answer("check", post)
+    async def decided(kind: Literal["check", "write"], post: Post) -> DecisionOut:
+        """The post's decision (added to the index for ``write``), or a 422 with its dead letter's code."""
+        found = await answer(kind, post)
         if isinstance(found, DeadLetter):
             raise refused(found)
         assert isinstance(found, Decision)
-        return decision_out(found, added=False)
+        return decision_out(found, added=kind == "write")
+
+    @app.post("/v1/check", response_model=DecisionOut, summary="Would this post be flagged? (read-only)")
+    async def check(body: CheckRequest, own: Annotated[str, Depends(key_tenant)]) -> DecisionOut:
+        bounded(body.text)  # before the tenant: a long text is a 422 whoever sends it
+        return await decided("check", Post(body.text, tenant_of(body.tenant, own), body.id or CHECK_ID))
 
     @app.post("/v1/documents", response_model=DecisionOut, summary="Check a post and add it")
     async def add(body: DocumentRequest, own: Annotated[str, Depends(key_tenant)]) -> DecisionOut:
         bounded(body.text)
         post = Post(body.text, tenant_of(body.tenant, own), body.id, body.created_at)
-        found = await answer("write", post)
-        if isinstance(found, DeadLetter):
-            raise refused(found)
-        assert isinstance(found, Decision)
-        return decision_out(found, added=True)
+        return await decided("write", post)
 
     @app.delete("/v1/documents/{tenant}/{doc_id:path}", response_model=Deleted, summary="Remove a post")
     async def delete(tenant: str, doc_id: str, own: Annotated[str, Depends(key_tenant)]) -> Deleted:
