@@ -7,6 +7,7 @@ the in-batch matrix and the index search merged into ranked candidates, and the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,6 +105,17 @@ def exact_path(
 
 Texts = dict[tuple[str, str, OrderKey], str]
 """A candidate's text by (tenant, id, order key): what the verifier reads beside the post."""
+Fetched = dict[tuple[str, str], StoredVector]
+"""The points a batch has read from the index, by (tenant, id): later stages look there before asking
+the index again."""
+
+
+def lookup(index: VectorIndex, fetched: Fetched, keys: Sequence[tuple[str, str]]) -> Fetched:
+    """The stored points of ``keys``: those the batch read already, the rest in one fetch (kept)."""
+    missing = sorted({key for key in keys if key not in fetched})
+    if missing:
+        fetched.update(index.fetch(missing))
+    return {key: fetched[key] for key in keys if key in fetched}
 
 
 def candidates(
@@ -112,6 +124,7 @@ def candidates(
     index: VectorIndex,
     first_version: dict[tuple[str, str], OrderKey],
     k: int,
+    fetched: Fetched,
 ) -> tuple[list[list[Candidate]], Texts]:
     """Per document, its ranked top-k: the exact match alone, or batch + index neighbours merged; and
     the texts of the candidates that have one (every batch document; index points that kept theirs).
@@ -127,7 +140,7 @@ def candidates(
     opaque = np.array([d.opaque for d in docs], dtype=bool)
     readable = visible & ~opaque[None, :] & ~opaque[:, None]
     searched = [i for i, d in enumerate(docs) if d.exact is None and not d.opaque]
-    found = index_candidates([docs[i] for i in searched], index, first_version, k, texts)
+    found = index_candidates([docs[i] for i in searched], index, first_version, k, texts, fetched)
     from_index = dict(zip(searched, found, strict=True))
     in_batch = batch_candidates(sims, readable, [d.order for d in docs], [d.document.id for d in docs], k)
     ranked = [
@@ -145,6 +158,7 @@ def index_candidates(
     first_version: dict[tuple[str, str], OrderKey],
     k: int,
     texts: Texts,
+    fetched: Fetched,
 ) -> list[list[Candidate]]:
     """One batched search, then each neighbour rescored from its stored vector (see ``decide``); the
     stored texts go into ``texts``."""
@@ -160,7 +174,7 @@ def index_candidates(
         for doc, neighbours in zip(docs, results, strict=True)
     ]
     keys = sorted({(doc.document.tenant, n.doc_id) for doc, ns in zip(docs, kept, strict=True) for n in ns})
-    stored: dict[tuple[str, str], StoredVector] = index.fetch(keys) if keys else {}
+    stored = lookup(index, fetched, keys)
     found: list[list[Candidate]] = []
     for doc, neighbours in zip(docs, kept, strict=True):
         candidates = []

@@ -54,7 +54,16 @@ from worker.core.decide import (
     visibility,
 )
 from worker.core.feedback import Feedback, screen
-from worker.core.matching import Doc, candidates, exact_path, first_versions, vector_of, verify
+from worker.core.matching import (
+    Doc,
+    Fetched,
+    candidates,
+    exact_path,
+    first_versions,
+    lookup,
+    vector_of,
+    verify,
+)
 from worker.core.messages import (
     DEFAULT_DEAD_LETTER_BYTES,
     DEFAULT_MAX_ID_CHARS,
@@ -137,6 +146,7 @@ class PreparedBatch:
     visible: np.ndarray
     first_version: dict[tuple[str, str], OrderKey]
     to_embed: list[Doc]
+    fetched: Fetched  # the points read so far, for the stages after the search
 
     @property
     def texts(self) -> list[str]:
@@ -192,8 +202,9 @@ def prepare_batch(records: Sequence[Record], index: VectorIndex, config: StepCon
         exact_path(docs, visible, index, first_version)
         result.exact = sum(d.exact is not None for d in docs)
     with timer("fetch"):
-        result.reused_vectors, to_embed = _stored_vectors(docs, index)
-    return PreparedBatch(result, parsed, docs, visible, first_version, to_embed)
+        fetched: Fetched = {}
+        result.reused_vectors, to_embed = _stored_vectors(docs, index, fetched)
+    return PreparedBatch(result, parsed, docs, visible, first_version, to_embed, fetched)
 
 
 def embed_batch(texts: Sequence[str], encoder: Encoder) -> Embedded:
@@ -230,13 +241,15 @@ def finish_batch(
     result.timings_ms["embed"] = embedded.ms
     _assign_vectors(docs, prepared.to_embed, embedded)
     with timer("search"):
-        ranked, texts = candidates(docs, visible, index, first_version, config.top_k)
+        ranked, texts = candidates(docs, visible, index, first_version, config.top_k, prepared.fetched)
     policy = config.decision if feedback is None else feedback.policy(config.decision)
     confirmed: list[int | None] = [None] * len(docs)
     if feedback is not None and len(feedback):
         with timer("screen"):
             posts = [(d.document.tenant, d.document.id, d.text_hash) for d in docs]
-            ranked, confirmed, result.suppressed = screen(feedback, posts, ranked, _hashes_of(docs, index))
+            ranked, confirmed, result.suppressed = screen(
+                feedback, posts, ranked, _hashes_of(docs, index, prepared.fetched)
+            )
     with timer("verify"):
         verified = verify(docs, ranked, texts, policy, verifier)
         result.verified = sum(bool(scores) for scores in verified)
@@ -252,7 +265,7 @@ def finish_batch(
             verdicts = [
                 _learned(v, d.document.tenant, policy, config) for v, d in zip(verdicts, docs, strict=True)
             ]
-        verdicts = _explained(docs, verdicts, index)
+        verdicts = _explained(docs, verdicts, index, prepared.fetched)
         verdicts = [doc.first or verdict for doc, verdict in zip(docs, verdicts, strict=True)]
         result.flags = sum(v.flagged for v in verdicts)
     with timer("upsert"):  # before any send: no flag leaves before its decision is stored
@@ -272,9 +285,12 @@ def _confirmed(verdict: Verdict, rank: int | None, policy: Policy) -> Verdict:
     return Verdict(verdict.matches, True, chosen=rank, decided_by="moderator", probability=probability)
 
 
-def _explained(docs: list[Doc], verdicts: list[Verdict], index: VectorIndex) -> list[Verdict]:
+def _explained(
+    docs: list[Doc], verdicts: list[Verdict], index: VectorIndex, fetched: Fetched
+) -> list[Verdict]:
     """New flags with what they say of the earlier post (``MatchedPost``): from the batch, or from the
-    index in one fetch. A replay keeps what its first decision stored."""
+    points the batch read (its search fetched every index neighbour). A replay keeps what its first
+    decision stored."""
     flagged = [
         (i, v.duplicate_of)
         for i, (doc, v) in enumerate(zip(docs, verdicts, strict=True))
@@ -288,7 +304,7 @@ def _explained(docs: list[Doc], verdicts: list[Verdict], index: VectorIndex) -> 
         for i, m in flagged
         if m is not None and (docs[i].document.tenant, m.doc_id, m.order) not in in_batch
     ]
-    stored = index.fetch(sorted(set(wanted))) if wanted else {}
+    stored = lookup(index, fetched, wanted)
     out = list(verdicts)
     for i, match in flagged:
         assert match is not None
@@ -318,14 +334,15 @@ def _learned(verdict: Verdict, tenant: str, policy: Policy, config: StepConfig) 
     return verdict if point == config.decision.point(tenant) else replace(verdict, point=point)
 
 
-def _hashes_of(docs: list[Doc], index: VectorIndex) -> Callable[[str, Sequence[str]], dict[str, str]]:
-    """Candidates' text hashes: a batch document's own, else the stored point's."""
+def _hashes_of(
+    docs: list[Doc], index: VectorIndex, fetched: Fetched
+) -> Callable[[str, Sequence[str]], dict[str, str]]:
+    """Candidates' text hashes: a batch document's own, else the stored point's (read by the search)."""
     in_batch = {d.key: d.text_hash for d in docs}
 
     def hashes(tenant: str, ids: Sequence[str]) -> dict[str, str]:
         found = {i: in_batch[(tenant, i)] for i in ids if (tenant, i) in in_batch}
-        rest = [(tenant, i) for i in ids if i not in found]
-        stored = index.fetch(rest) if rest else {}
+        stored = lookup(index, fetched, [(tenant, i) for i in ids if i not in found])
         return found | {doc_id: point.text_hash for (_, doc_id), point in stored.items()}
 
     return hashes
@@ -382,12 +399,12 @@ def _delete(index: VectorIndex, deletions: list[Deletion]) -> None:
         index.delete(tenant, by_tenant[tenant])
 
 
-def _stored_vectors(docs: list[Doc], index: VectorIndex) -> tuple[int, list[Doc]]:
+def _stored_vectors(docs: list[Doc], index: VectorIndex, fetched: Fetched) -> tuple[int, list[Doc]]:
     """Give documents their stored vector (a replay) or their exact match's from the index; return how
     many stored vectors were reused and the documents left to embed."""
     wanted = {d.key for d in docs}
     wanted |= {(d.document.tenant, d.exact.doc_id) for d in docs if d.exact and d.exact_in_batch is None}
-    stored = index.fetch(sorted(wanted)) if wanted else {}
+    stored = lookup(index, fetched, sorted(wanted))
     reused = 0
     to_embed: list[Doc] = []
     for doc in docs:
