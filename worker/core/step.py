@@ -38,7 +38,6 @@ Semantics worth knowing (the visibility rule itself is in ``worker.core.decide``
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -47,12 +46,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from worker.core.decide import (
-    MatchedPost,
     Verdict,
     decode_verdict,
     encode_verdict,
     visibility,
 )
+from worker.core.explain import explain_flags
 from worker.core.feedback import Feedback, screen
 from worker.core.matching import (
     Doc,
@@ -75,7 +74,7 @@ from worker.core.messages import (
     flag_message,
     stored_meta,
 )
-from worker.core.normalize import exact_by, text_hash
+from worker.core.normalize import text_hash
 from worker.core.outcome import BatchOutcome, DeadLettered, Decided, Deleted, RecordOutcome
 from worker.core.parse import TombstoneScope, parse_record
 from worker.core.policy import Policy
@@ -265,7 +264,7 @@ def finish_batch(
             verdicts = [
                 _learned(v, d.document.tenant, policy, config) for v, d in zip(verdicts, docs, strict=True)
             ]
-        verdicts = _explained(docs, verdicts, index, prepared.fetched)
+        verdicts = explain_flags(docs, verdicts, index, prepared.fetched)
         verdicts = [doc.first or verdict for doc, verdict in zip(docs, verdicts, strict=True)]
         result.flags = sum(v.flagged for v in verdicts)
     with timer("upsert"):  # before any send: no flag leaves before its decision is stored
@@ -283,50 +282,6 @@ def _confirmed(verdict: Verdict, rank: int | None, policy: Policy) -> Verdict:
         return verdict
     probability = 1.0 if policy.calibrated else None
     return Verdict(verdict.matches, True, chosen=rank, decided_by="moderator", probability=probability)
-
-
-def _explained(
-    docs: list[Doc], verdicts: list[Verdict], index: VectorIndex, fetched: Fetched
-) -> list[Verdict]:
-    """New flags with what they say of the earlier post (``MatchedPost``): from the batch, or from the
-    points the batch read (its search fetched every index neighbour). A replay keeps what its first
-    decision stored."""
-    flagged = [
-        (i, v.duplicate_of)
-        for i, (doc, v) in enumerate(zip(docs, verdicts, strict=True))
-        if doc.first is None and v.duplicate_of is not None
-    ]
-    if not flagged:
-        return verdicts
-    in_batch = {(d.document.tenant, d.document.id, d.order): d for d in docs}
-    wanted = [
-        (docs[i].document.tenant, m.doc_id)
-        for i, m in flagged
-        if m is not None and (docs[i].document.tenant, m.doc_id, m.order) not in in_batch
-    ]
-    stored = lookup(index, fetched, wanted)
-    out = list(verdicts)
-    for i, match in flagged:
-        assert match is not None
-        doc = docs[i]
-        tenant = doc.document.tenant
-        earlier = in_batch.get((tenant, match.doc_id, match.order))
-        created_at: str | None
-        meta: str | None
-        forms: str | None
-        if earlier is not None:
-            created = earlier.document.created_at
-            meta, forms = stored_meta(earlier.document), earlier.document.normal_forms[1]
-            created_at = None if created is None else created.isoformat()
-        else:
-            point = stored.get((tenant, match.doc_id))
-            if point is None:
-                continue
-            created_at, meta, forms = point.created_at, point.meta, point.forms
-        exact = exact_by(doc.document.normal_forms[1], forms) if match.stage == "exact" else None
-        about = MatchedPost(created_at, None if meta is None else json.loads(meta), exact)
-        out[i] = replace(out[i], matched=about)
-    return out
 
 
 def _learned(verdict: Verdict, tenant: str, policy: Policy, config: StepConfig) -> Verdict:
