@@ -141,7 +141,7 @@ class DirectStep:
         with self._lock:
             records = [Record(VERDICTS_TOPIC, 0, i, 0, key=None, value=v) for i, v in enumerate(values)]
             applied = self._feed.apply(records)
-            refused = {letter.source.offset: letter for letter in applied.dead_letters}
+            refused = {dead.record.offset: dead.letter for dead in applied.dead_letters}
         return [refused.get(i) for i in range(len(values))], applied.points
 
     def exists(self, tenant: str, doc_id: str) -> bool:

@@ -19,12 +19,14 @@ from pathlib import Path
 from worker.core.feedback import Feedback, Reviewed, TenantPoint, learned_point
 from worker.core.logs import get_logger
 from worker.core.messages import (
-    DeadLetter,
+    MAX_KEY_BYTES,
     DeadLetterReason,
     ModeratorVerdict,
+    clip,
     dead_letter_message,
     dumps,
 )
+from worker.core.outcome import DeadLettered
 from worker.core.parse import parse_verdict
 from worker.core.policy import Policy
 from worker.core.ports import VectorIndex
@@ -41,7 +43,7 @@ class Applied:
     """What one read of verdicts did."""
 
     verdicts: list[ModeratorVerdict] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
+    dead_letters: list[DeadLettered] = field(default_factory=list)
     points: list[TenantPoint] = field(default_factory=list)
     resolved: list[Reviewed] = field(default_factory=list)
 
@@ -103,11 +105,10 @@ class FeedbackFeed:
         for record in records:
             parsed = parse_verdict(record, self.max_message_bytes, self.max_id_chars)
             if isinstance(parsed, DeadLetterReason):
-                applied.dead_letters.append(
-                    dead_letter_message(
-                        record, parsed, self.model, self.max_message_bytes, self.max_dead_letter_bytes
-                    )
+                letter = dead_letter_message(
+                    record, parsed, self.model, self.max_message_bytes, self.max_dead_letter_bytes
                 )
+                applied.dead_letters.append(DeadLettered(record, letter))
             else:
                 applied.verdicts.append(parsed)
         if applied.verdicts:
@@ -115,8 +116,8 @@ class FeedbackFeed:
             if self.store is not None:
                 self.store.append(applied.resolved)
         if self.send is not None:
-            for letter, record in zip(applied.dead_letters, _dead(records, applied), strict=True):
-                self.send(self.dlq_topic, record.key, dumps(letter))
+            for dead in applied.dead_letters:  # keyed as the documents' dead letters are (core.emit)
+                self.send(self.dlq_topic, clip(dead.record.key, MAX_KEY_BYTES), dumps(dead.letter))
             if self.points_topic is not None:
                 for point in applied.points:
                     event = learned_point(point, self.policy, self.model)
@@ -131,12 +132,6 @@ class FeedbackFeed:
                 points={p.tenant: p.point for p in applied.points},
             )
         return applied
-
-
-def _dead(records: Sequence[Record], applied: Applied) -> list[Record]:
-    """The records behind ``applied.dead_letters``, in the same order."""
-    by_source = {(r.topic, r.partition, r.offset): r for r in records}
-    return [by_source[(d.source.topic, d.source.partition, d.source.offset)] for d in applied.dead_letters]
 
 
 class ReviewFile:
