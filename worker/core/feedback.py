@@ -42,22 +42,13 @@ Label = Literal["duplicate", "not_duplicate"]
 
 @dataclass(frozen=True, slots=True)
 class Reviewed:
-    """One verdict resolved against the index: the pair's text hashes and cosine, when known.
-
-    ``untrainable`` says why the pair cannot become a training pair (no texts with the verdict: the
-    trainer reads them back from the documents topic, or cannot), or None when both texts came with it.
-    """
+    """One verdict resolved against the index: the pair's text hashes and cosine, when known, and where
+    each post was read (``worker.service.pairs`` reads missing texts back from there)."""
 
     verdict: ModeratorVerdict
     hashes: tuple[str, str] | None
     cosine: float | None
-    orders: tuple[OrderKey | None, OrderKey | None] = (None, None)  # where each post was read, if known
-
-    @property
-    def untrainable(self) -> str | None:
-        if self.verdict.text is None or self.verdict.duplicate_text is None:
-            return "texts not in the verdict"
-        return None
+    orders: tuple[OrderKey | None, OrderKey | None] = (None, None)
 
 
 @dataclass(frozen=True, slots=True)
