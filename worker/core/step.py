@@ -241,7 +241,8 @@ def finish_batch(
     _assign_vectors(docs, prepared.to_embed, embedded)
     with timer("search"):
         ranked, texts = candidates(docs, visible, index, first_version, config.top_k, prepared.fetched)
-    policy = config.decision if feedback is None else feedback.policy(config.decision)
+    base = config.decision  # built afresh on each access when the config holds no policy
+    policy = base if feedback is None else feedback.policy(base)
     confirmed: list[int | None] = [None] * len(docs)
     if feedback is not None and len(feedback):
         with timer("screen"):
@@ -260,9 +261,9 @@ def finish_batch(
         verdicts = [
             _confirmed(verdict, rank, policy) for verdict, rank in zip(verdicts, confirmed, strict=True)
         ]
-        if policy is not config.decision:  # a learned point is stored with the decision, for replays
+        if policy is not base:  # a learned point is stored with the decision, for replays
             verdicts = [
-                _learned(v, d.document.tenant, policy, config) for v, d in zip(verdicts, docs, strict=True)
+                _learned(v, d.document.tenant, policy, base) for v, d in zip(verdicts, docs, strict=True)
             ]
         verdicts = explain_flags(docs, verdicts, index, prepared.fetched)
         verdicts = [doc.first or verdict for doc, verdict in zip(docs, verdicts, strict=True)]
@@ -284,9 +285,10 @@ def _confirmed(verdict: Verdict, rank: int | None, policy: Policy) -> Verdict:
     return Verdict(verdict.matches, True, chosen=rank, decided_by="moderator", probability=probability)
 
 
-def _learned(verdict: Verdict, tenant: str, policy: Policy, config: StepConfig) -> Verdict:
+def _learned(verdict: Verdict, tenant: str, policy: Policy, base: Policy) -> Verdict:
+    """The verdict with its point when a tenant's verdicts chose it (not the model's or operator's)."""
     point = policy.point(tenant)
-    return verdict if point == config.decision.point(tenant) else replace(verdict, point=point)
+    return verdict if point == base.point(tenant) else replace(verdict, point=point)
 
 
 def _hashes_of(
