@@ -11,7 +11,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from worker.core.messages import DeadLetter, Decision, Deletion, Match
+from worker.core.messages import Deletion
+from worker.core.outgoing import DeadLetter, Decision, Match
 from worker.service.direct import CHECK_ID, Answer, DirectStep, Post, open_direct
 from worker.service.settings import WorkerSettings, load_from_environment
 

@@ -21,7 +21,8 @@ from tests.fakes import HashEncoder, raw_record
 from tests.integration.conftest import worker_settings
 from tests.integration.test_loop_kafka import run_inline
 from tests.unit.test_bad_input import values
-from worker.core.messages import DeadLetter, DeadLetterReason, Decision, Deletion
+from worker.core.messages import DeadLetterReason, Deletion
+from worker.core.outgoing import DeadLetter, Decision
 from worker.core.parse import parse_record
 from worker.service.wiring import step_config
 

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from tests.fakes import HashEncoder, ListPublisher, MemoryIndex, raw_record, run_and_send
 from worker.core.emit import Topics
-from worker.core.messages import DeadLetter, DeadLetterReason, Deletion, Document
+from worker.core.messages import DeadLetterReason, Deletion, Document
+from worker.core.outgoing import DeadLetter
 from worker.core.parse import parse_record
 from worker.core.records import Record
 from worker.core.step import StepConfig

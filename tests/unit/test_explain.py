@@ -7,9 +7,10 @@ import json
 import pytest
 
 from tests.fakes import HashEncoder, MemoryIndex, raw_record
-from worker.core.messages import MAX_STORED_META_BYTES, DuplicateFlag
+from worker.core.messages import MAX_STORED_META_BYTES
 from worker.core.normalize import exact_by, normal_forms, normalize
 from worker.core.outcome import Decided
+from worker.core.outgoing import DuplicateFlag
 from worker.core.records import Record
 from worker.core.step import StepConfig, run_batch
 

@@ -9,16 +9,8 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.fakes import raw_record
-from worker.core.messages import (
-    DeadLetterReason,
-    Deletion,
-    Document,
-    DuplicateFlag,
-    Match,
-    Source,
-    dumps,
-    timestamp_iso,
-)
+from worker.core.messages import DeadLetterReason, Deletion, Document
+from worker.core.outgoing import DuplicateFlag, Match, Source, dumps, timestamp_iso
 from worker.core.parse import parse_record
 
 

@@ -1,6 +1,6 @@
 """A batch's outcome → what goes on which topic: (topic, key, bytes), in order-key order.
 
-One serialisation for every outgoing message (``worker.core.messages.dumps``: sorted keys, compact,
+One serialisation for every outgoing message (``worker.core.outgoing.dumps``: sorted keys, compact,
 UTF-8, scores rounded), so a batch replayed after a crash republishes byte-identical messages. Flags and
 decisions are keyed by document id (a compacted topic or a keyed consumer collapses replays); a dead
 letter keeps the record's own key, cut to ``MAX_KEY_BYTES``. Deletions publish nothing.
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker.core.messages import MAX_KEY_BYTES, clip, dumps
+from worker.core.messages import MAX_KEY_BYTES, clip
 from worker.core.outcome import BatchOutcome, DeadLettered, Decided
+from worker.core.outgoing import dumps
 
 
 @dataclass(frozen=True, slots=True)

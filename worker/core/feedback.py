@@ -31,8 +31,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from worker.core.decide import clamp_score, round_score
-from worker.core.messages import LearnedPoint, ModeratorVerdict
+from worker.core.messages import ModeratorVerdict
 from worker.core.normalize import normalize, text_hash
+from worker.core.outgoing import LearnedPoint
 from worker.core.policy import Policy
 from worker.core.ports import Candidate, VectorIndex
 from worker.core.records import OrderKey

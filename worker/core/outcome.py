@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from worker.core.messages import DeadLetter, Decision, Deletion, DuplicateFlag
+from worker.core.messages import Deletion
+from worker.core.outgoing import DeadLetter, Decision, DuplicateFlag
 from worker.core.records import Record
 
 

@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from worker.core.messages import DeadLetterReason, Deletion, Document, ModeratorVerdict, ReasonCode
+from worker.core.messages import DeadLetterReason, Deletion, Document, ModeratorVerdict
+from worker.core.outgoing import ReasonCode
 from worker.core.records import Record
 
 MAX_DEPTH = 64

@@ -28,8 +28,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from worker.core.feedback import Feedback, TenantPoint
-from worker.core.messages import DeadLetter, Decision, Deletion
+from worker.core.messages import Deletion
 from worker.core.outcome import BatchOutcome, DeadLettered, Decided, Deleted
+from worker.core.outgoing import DeadLetter, Decision
 from worker.core.ports import Encoder, VectorIndex, Verifier
 from worker.core.records import MAX_TIMESTAMP_MS, Record
 from worker.core.step import StepConfig, run_batch

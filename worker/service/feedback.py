@@ -18,15 +18,9 @@ from pathlib import Path
 
 from worker.core.feedback import Feedback, Reviewed, TenantPoint, learned_point
 from worker.core.logs import get_logger
-from worker.core.messages import (
-    MAX_KEY_BYTES,
-    DeadLetterReason,
-    ModeratorVerdict,
-    clip,
-    dead_letter_message,
-    dumps,
-)
+from worker.core.messages import MAX_KEY_BYTES, DeadLetterReason, ModeratorVerdict, clip, dead_letter_message
 from worker.core.outcome import DeadLettered
+from worker.core.outgoing import dumps
 from worker.core.parse import parse_verdict
 from worker.core.policy import Policy
 from worker.core.ports import VectorIndex

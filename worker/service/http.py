@@ -46,7 +46,8 @@ from starlette.exceptions import HTTPException
 from worker import __version__
 from worker.core.decide import DecidedBy
 from worker.core.logs import get_logger
-from worker.core.messages import DeadLetter, Decision, Deletion
+from worker.core.messages import Deletion
+from worker.core.outgoing import DeadLetter, Decision
 from worker.core.ports import Stage
 from worker.service.direct import CHECK_ID, Answer, DirectStep, Post
 from worker.service.settings import HttpSettings
