@@ -1,11 +1,16 @@
 """``python -m bench [--quick] [--out bench] [--only SECTION ...] [--report-only]``: run the benchmarks and
 write ``bench/REPORT.md`` with its plots.
 
-Sections: throughput, stream_quality, pair_quality, latency, index_scaling. Each writes
-``OUT/results/<section>.json`` (with its machine and the command that reproduces it); the report is then
-rendered from every result present, so sections can be run separately (``--only``) or on another
-machine and the report reassembled (``--report-only``). Default: about 30 minutes on a 2-core CPU box;
-``--quick``: a few minutes, for a check that everything runs, not for figures to quote.
+Sections: throughput, stream_quality, pair_quality, latency, index_scaling (the default run), and the
+speed sections speed (int8 against float32), fast_model (the fast model against MinHash LSH and
+Jaccard) and pipeline (the pipeline's own cost with a near-free encoder), which run only when named in
+``--only``: they take minutes each on a 2-core box (fast_model 5 here; speed quantises the model first,
+pipeline builds a 100k-point index), and fast_model needs ``models/fast`` (``make fast``), which a fresh
+checkout lacks. Each writes ``OUT/results/<section>.json`` (with its machine and the command that
+reproduces it); the report is then rendered from every result present, so sections can be run
+separately (``--only``) or on another machine and the report reassembled (``--report-only``). Default:
+about 6.5 minutes on a 2-core CPU box (the budget is 30); ``--quick``: a few minutes, for a check that
+everything runs, not for figures to quote (it overwrites those sections' results: give it another --out).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ def _rel(path: Path) -> str:
 
 
 SECTIONS = ("throughput", "stream_quality", "pair_quality", "latency", "index_scaling")
+SPEED_SECTIONS = ("speed", "fast_model", "pipeline")  # run only when named in --only (module docstring)
 
 
 def _throughput(quick: bool, out: Path, work: Path, done: dict[str, Any]) -> dict[str, Any]:
@@ -105,12 +111,54 @@ def _index_scaling(quick: bool, out: Path, work: Path, done: dict[str, Any]) -> 
     return first
 
 
+def _via_main(
+    main: Callable[[list[str]], object], module: str, args: list[str], work: Path
+) -> dict[str, Any]:
+    """A bench script run through its own ``main`` (its parser's defaults, its own JSON), read back."""
+    path = work / f"{module.rsplit('.', 1)[-1]}.json"
+    main([*args, "--out", str(path)])
+    return {**json.loads(path.read_text()), "command": f"python -m {module} " + " ".join(args)}
+
+
+def _speed(quick: bool, out: Path, work: Path, done: dict[str, Any]) -> dict[str, Any]:
+    from bench import speed
+
+    n, batch, rounds, max_pairs = (128, 32, 1, 100) if quick else (1500, 256, 3, 2000)
+    result = speed.measure(n, batch, rounds, max_pairs, work)
+    speed.print_table(result)
+    command = f"python -m bench.speed --n {n} --batch {batch} --rounds {rounds} --max-pairs {max_pairs}"
+    return {**result, "command": command}
+
+
+def _fast_model(quick: bool, out: Path, work: Path, done: dict[str, Any]) -> dict[str, Any]:
+    from bench import fast_model
+
+    if not (fast_model.FAST / "manifest.json").is_file():
+        raise SystemExit(f"fast_model: no model at {_rel(fast_model.FAST)} (`make fast` builds it)")
+    # its measurement lives in its main (no measure function); the same arguments as its defaults
+    quick_args = ["--speed-n", "1000", "--speed-repeats", "1", "--n", "300", "--max-pairs", "100"]
+    full_args = ["--speed-n", "5000", "--speed-repeats", "2", "--n", "2000", "--max-pairs", "2000"]
+    return _via_main(fast_model.main, "bench.fast_model", quick_args if quick else full_args, work)
+
+
+def _pipeline(quick: bool, out: Path, work: Path, done: dict[str, Any]) -> dict[str, Any]:
+    from bench import pipeline
+
+    # its measure takes its parser's Namespace, so through its main; the same arguments as its defaults
+    quick_args = ["--n", "500", "--points", "5000", "--model-n", "200", "--timeout-s", "120"]
+    full_args = ["--n", "9058", "--points", "100000", "--model-n", "3000"]
+    return _via_main(pipeline.main, "bench.pipeline", quick_args if quick else full_args, work)
+
+
 RUNNERS: dict[str, Callable[[bool, Path, Path, dict[str, Any]], dict[str, Any]]] = {
     "throughput": _throughput,
     "stream_quality": _stream_quality,
     "pair_quality": _pair_quality,
     "latency": _latency,
     "index_scaling": _index_scaling,
+    "speed": _speed,
+    "fast_model": _fast_model,
+    "pipeline": _pipeline,
 }
 
 
@@ -133,7 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a check in a few minutes")
     parser.add_argument("--out", type=Path, default=ROOT / "bench", help="where REPORT.md and the PNGs go")
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTIONS + SPEED_SECTIONS,
+        help=f"run only these sections (default: {' '.join(SECTIONS)}; {', '.join(SPEED_SECTIONS)} run only "
+        "when named here)",
+    )
     parser.add_argument("--zero-shot", type=Path, help="zero-shot model directory (default models/zero-shot)")
     parser.add_argument("--report-only", action="store_true", help="re-render from OUT/results/*.json")
     args = parser.parse_args(argv)
