@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = RUNNERS[section](args.quick, args.out, Path(tmp), done)
             result.update(machine=info, quick=args.quick, wall_s=round(time.monotonic() - started, 1))
             if args.quick:
-                result["command"] += "  (as run by `python -m bench --quick`)"
+                result["command"] += "  (as run by python -m bench --quick)"
             done[section] = result
             (results_dir / f"{section}.json").write_text(json.dumps(result, indent=2))
             print(f"== {section} done in {result['wall_s']:.0f} s", flush=True)

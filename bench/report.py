@@ -526,14 +526,15 @@ def _fast_speed(sp: dict[str, Any]) -> tuple[list[str], Target]:
     def vs(x: Any) -> str:
         return _x(float(x) / float(minhash)) if x is not None and minhash else "—"
 
-    runs = len((sp.get("all_runs") or {}).get("fast") or []) or "?"
+    runs = len((sp.get("all_runs") or {}).get("fast") or [])
+    best = "one run each" if runs == 1 else f"the best of {runs or '?'} runs each"
     wall = sp.get("cli_scan_wall_s")
     lines = [
         "",
         f"Speed on {_n(sp.get('posts'))} generated posts (`{sp.get('stream', '?')}`), batch "
         f"{sp.get('batch_size', '?')}: `worker scan` (the CLI's scan in process: the batch step, queries and "
         "inserts into a fresh Qdrant Edge index) against MinHash LSH (datasketch: query the tenant's earlier "
-        f"posts, then insert), alternated, the best of {runs} runs each:",
+        f"posts, then insert), alternated, {best}:",
         "",
         "| path | posts/s | vs MinHash LSH |",
         "|---|---|---|",
