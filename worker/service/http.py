@@ -10,14 +10,15 @@ and add), ``DELETE /v1/documents/{tenant}/{id}``, ``GET /healthz``; the OpenAPI 
 - Bounds: the body (``max_body_bytes``: 413, counted as it arrives, not trusted from Content-Length),
   the text (``max_text_chars``: 422), the wait (``timeout_s``: 503 ``timeout``) and the queue
   (``max_pending``: 503 ``busy``). Every error is JSON: ``{"error": {"code", "message"}}``.
-- Batching: requests wait in one queue; one thread drains it and answers everything waiting with one
-  batch step per kind (all the checks together: one encoder call, one index search), so throughput
-  grows with concurrency instead of each request paying its own step.
+- Batching (``worker.service.http_batch``): requests wait in one queue; one thread drains it and
+  answers everything waiting with one batch step per kind (all the checks together: one encoder call,
+  one index search), so throughput grows with concurrency instead of each request paying its own step.
 - Logs: one ``http.batch`` event per step (counts, milliseconds); never a text, a key or an id.
 
-FastAPI (on Starlette, served by uvicorn): request and response models are the pydantic models the
-worker already uses, validation errors and the OpenAPI description come from them, and it is widely
-used and maintained; the standard library's ``http.server`` (the status endpoint's) has neither.
+FastAPI (on Starlette, served by uvicorn): request and response models (``worker.service.http_schema``)
+are pydantic models, which the worker already uses; validation errors and the OpenAPI description come
+from them, and it is widely used and maintained; the standard library's ``http.server`` (the status
+endpoint's) has neither.
 
 No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations at run time,
 and the dependencies they name are local to ``create_app``.
@@ -26,13 +27,8 @@ and the dependencies they name are local to ``create_app``.
 import asyncio
 import hmac
 import json
-import queue
-import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from concurrent.futures import Future
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -40,191 +36,29 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from worker import __version__
-from worker.core.decide import DecidedBy
 from worker.core.logs import get_logger
 from worker.core.messages import Deletion
 from worker.core.outgoing import DeadLetter, Decision
-from worker.core.ports import Stage
 from worker.service.direct import CHECK_ID, Answer, DirectStep, Post
+from worker.service.http_batch import Batcher
+from worker.service.http_schema import (
+    ApiError,
+    CheckRequest,
+    DecisionOut,
+    Deleted,
+    DocumentRequest,
+    ErrorOut,
+    VerdictOut,
+    VerdictRequest,
+    decision_out,
+    error_response,
+)
 from worker.service.settings import HttpSettings
 
 log = get_logger("http")
-
-# ------------------------------------------------------------------------------------------ models
-
-
-class CheckRequest(BaseModel):
-    """A post to check. ``tenant`` defaults to the key's; ``id`` (optional) is the post's own id when it
-    is an edit of a stored post: a post never matches itself."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    text: str = Field(min_length=1)
-    tenant: str | None = None
-    id: str | None = Field(default=None, min_length=1)
-
-
-class DocumentRequest(BaseModel):
-    """A post to check and add to the tenant's index."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    id: str = Field(min_length=1)
-    text: str = Field(min_length=1)
-    tenant: str | None = None
-    created_at: str | None = Field(default=None, description="ISO-8601")
-
-
-class VerdictRequest(BaseModel):
-    """A moderator's verdict on a flag (README, "Moderators' verdicts"); ``tenant`` defaults to the key's,
-    ``at`` to now. Texts are optional: without them the pair is found in the index."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    id: str = Field(min_length=1)
-    duplicate_of: str = Field(min_length=1)
-    verdict: Literal["duplicate", "not_duplicate"]
-    tenant: str | None = None
-    at: str | None = Field(default=None, description="ISO-8601")
-    reviewer: str | None = None
-    text: str | None = None
-    duplicate_text: str | None = None
-
-
-class VerdictOut(BaseModel):
-    remembered: Literal[True] = True
-    points: dict[str, float] = Field(description="Decision points this verdict moved, by tenant.")
-
-
-class MatchOut(BaseModel):
-    id: str
-    score: float
-
-
-class DecisionOut(BaseModel):
-    """The decision, as on the stream's ``decisions`` topic (without the Kafka source)."""
-
-    id: str
-    tenant: str
-    flagged: bool
-    duplicate_of: str | None
-    score: float | None
-    probability: float | None
-    matches: list[MatchOut]
-    stage: Stage | None
-    decided_by: DecidedBy | None
-    verifier_score: float | None
-    model: str
-    added: bool = Field(description="The post was added to the index (POST /v1/documents).")
-
-
-class Deleted(BaseModel):
-    tenant: str
-    id: str
-    deleted: Literal[True] = True
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-
-
-class ErrorOut(BaseModel):
-    error: ErrorBody
-
-
-def decision_out(decision: Decision, *, added: bool) -> DecisionOut:
-    fields = decision.model_dump(exclude={"source"})
-    if not added and fields["id"] == CHECK_ID:
-        fields["id"] = ""
-    return DecisionOut(**fields, added=added)
-
-
-class ApiError(HTTPException):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(status, message)
-        self.code = code
-
-
-# ----------------------------------------------------------------------------------------- batching
-
-
-@dataclass(slots=True)
-class _Job:
-    kind: Literal["check", "write"]
-    item: Post | Deletion
-    future: Future[Answer | None] = field(default_factory=Future)
-
-
-class Batcher:
-    """One thread answering queued jobs in batches: consecutive checks as one read-only step, consecutive
-    adds and deletions as one writing step (in arrival order)."""
-
-    def __init__(self, direct: DirectStep, max_batch: int, max_pending: int) -> None:
-        self._direct, self._max_batch = direct, max_batch
-        self._queue: queue.Queue[_Job | None] = queue.Queue(max_pending)
-        self._thread = threading.Thread(target=self._run, name="http-batcher", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout_s: float) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout_s)
-
-    def submit(self, kind: Literal["check", "write"], item: Post | Deletion) -> Future[Answer | None]:
-        job = _Job(kind, item)
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise ApiError(503, "busy", "too many requests waiting; retry later") from None
-        return job.future
-
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            jobs = [first]
-            while len(jobs) < self._max_batch:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                jobs.append(job)
-            start = 0
-            for end in range(1, len(jobs) + 1):  # runs of one kind, in arrival order
-                if end == len(jobs) or jobs[end].kind != jobs[start].kind:
-                    self._answer(jobs[start:end])
-                    start = end
-
-    def _answer(self, jobs: list[_Job]) -> None:
-        started = time.perf_counter()
-        kind = jobs[0].kind
-        try:
-            answers: list[Answer | None]
-            if kind == "check":
-                answers = list(self._direct.check([j.item for j in jobs if isinstance(j.item, Post)]))
-            else:
-                answers = self._direct.write([j.item for j in jobs])
-        except Exception as error:  # process-level (index, encoder): every waiting request gets a 500
-            log.exception("http.batch_failed", kind=kind, requests=len(jobs))
-            for job in jobs:
-                job.future.set_exception(error)
-            return
-        for job, answer in zip(jobs, answers, strict=True):
-            job.future.set_result(answer)
-        log.info(
-            "http.batch", kind=kind, requests=len(jobs), ms=round((time.perf_counter() - started) * 1000, 3)
-        )
-
 
 # -------------------------------------------------------------------------------------------- limits
 
@@ -276,10 +110,6 @@ class BodyLimit:
     ) -> None:
         response = error_response(413, "too_large", f"request body over {self.limit} bytes")
         await response(scope, receive, send)
-
-
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
 # ----------------------------------------------------------------------------------------------- app
