@@ -4,15 +4,16 @@
    same training pairs, selection slices and dev half, so the fast model is judged on what neither
    model trained on.
 2. The teacher embeds a sample of the training texts and every WordPiece token of its vocabulary, within
-   a time budget, into a cache under ``runs/`` (reused by the next run with the same teacher).
+   a time budget, into a cache under ``runs/`` (reused by the next run with the same teacher;
+   ``trainer.distill_teacher``).
 3. Targets live in the teacher's top principal directions (uncentred SVD to ``dim``), where cosines
    keep the teacher's ranking; the WordPiece rows start from the teacher's vector of each token alone
    (model2vec's distillation) weighted by SIF (a/(a + p(token))), the n-gram rows near zero.
-4. Training (``nn.EmbeddingBag`` over the same features the worker computes, SparseAdam): per step a
-   distillation batch (cosine to the teacher's vector and the batch's teacher similarity matrix, the
-   text or a spam edit of it: an edit must land where its original does), a CoSENT batch of labelled
-   pairs and an in-batch ranking batch of duplicates. The table with the best mean AP on the selection
-   sets is kept.
+4. Training (``trainer.distill_student``: ``nn.EmbeddingBag`` over the same features the worker computes,
+   SparseAdam): per step a distillation batch (cosine to the teacher's vector and the batch's teacher
+   similarity matrix, the text or a spam edit of it: an edit must land where its original does), a
+   CoSENT batch of labelled pairs and an in-batch ranking batch of duplicates. The table with the best
+   mean AP on the selection sets is kept.
 5. The lexical part's weight: the best F1 on a repost stream simulated from pairs no model trained on
    (``trainer.stream.simulate``), among the weights within ``ap_slack`` of the best selection AP.
    The threshold: the cosine with the best F1 on that stream (the worker's question: "is this post's
@@ -27,20 +28,20 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
-from tqdm import tqdm
 
-from trainer.augment import spam_edit
 from trainer.card import code_version
 from trainer.data import Pair
+from trainer.distill_student import Bags, full_table, initial_tables, train_tables
+from trainer.distill_teacher import cache_key, principal_axes, projection_fidelity, teacher_vectors, unit
 from trainer.evaluate import average_precision, calibrate, score_pairs
 from trainer.recipes import default_settings
-from trainer.splits import DataPlan, plan_data
+from trainer.splits import plan_data
 from trainer.static_model import (
     labelled_stream_cut,
     simulated_stream,
@@ -51,10 +52,9 @@ from trainer.static_model import (
 from trainer.stream import Post
 from worker.core.logs import get_logger
 from worker.model.manifest import Manifest, StaticParams
-from worker.model.static import StaticEncoder, features, plain_normalizer
+from worker.model.static import StaticEncoder, plain_normalizer
 
 if TYPE_CHECKING:
-    import torch
     from tokenizers import Tokenizer
 
 log = get_logger("trainer.distill")
@@ -102,130 +102,6 @@ def recipe_for_budget(budget_s: float, **overrides: object) -> DistillRecipe:
     return DistillRecipe(**fields)  # type: ignore[arg-type]
 
 
-# ---------------------------------------------------------------------------------------------
-# The teacher's vectors, cached
-
-
-def _key(teacher_version: str, kind: str) -> str:
-    return f"{teacher_version}-{kind}"
-
-
-def teacher_vectors(
-    embed: Callable[[Sequence[str]], np.ndarray],
-    texts: Sequence[str],
-    cache: Path,
-    key: str,
-    budget_s: float,
-    *,
-    progress: bool,
-    chunk: int = 256,
-) -> tuple[list[str], NDArray[np.float32]]:
-    """(texts embedded, their vectors): the cache's first, then new ones until the budget runs out."""
-    cache.mkdir(parents=True, exist_ok=True)
-    text_file, vector_file = cache / f"{key}.json", cache / f"{key}.f16"
-    done: list[str] = json.loads(text_file.read_text()) if text_file.is_file() else []
-    stored = np.fromfile(vector_file, dtype=np.float16) if vector_file.is_file() else np.zeros(0, np.float16)
-    vectors = [stored.reshape(len(done), -1).astype(np.float32)] if done else []
-    have = set(done)
-    todo = [t for t in dict.fromkeys(texts) if t not in have]
-    started = time.monotonic()
-    with tqdm(total=len(todo), desc=f"teacher {key.rsplit('-', 1)[-1]}", disable=not progress) as bar:
-        for first in range(0, len(todo), chunk):
-            if time.monotonic() - started > budget_s:
-                log.info("teacher_budget_spent", embedded=first, wanted=len(todo))
-                break
-            part = todo[first : first + chunk]
-            vectors.append(np.asarray(embed(part), dtype=np.float32))
-            done += part
-            bar.update(len(part))
-    table = np.concatenate(vectors) if vectors else np.zeros((0, 1), np.float32)
-    text_file.write_text(json.dumps(done))
-    table.astype(np.float16).tofile(vector_file)
-    wanted = set(texts)
-    keep = [i for i, t in enumerate(done) if t in wanted]
-    return [done[i] for i in keep], table[keep]
-
-
-def principal_axes(vectors: NDArray[np.float32], dim: int) -> NDArray[np.float32]:
-    """(teacher dim, dim): the top right-singular vectors of the unit rows (no centring: cosines)."""
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
-    _, _, vt = np.linalg.svd(unit[: min(len(unit), 20_000)].astype(np.float64), full_matrices=False)
-    return np.ascontiguousarray(vt[:dim].T.astype(np.float32))
-
-
-def unit(x: NDArray[np.float32]) -> NDArray[np.float32]:
-    out: NDArray[np.float32] = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# The student
-
-BagTensors = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor"]
-
-
-class Bags:
-    """Texts → (WordPiece rows, offsets, n-gram rows, offsets) for two ``nn.EmbeddingBag``s, from the
-    worker's own ``features``; the features of texts that recur (training texts, not their random
-    spam edits) are kept, so a step featurises only what it has not seen."""
-
-    def __init__(self, tokenizer: Tokenizer, params: StaticParams, max_tokens: int) -> None:
-        self.tokenizer, self.params, self.max_tokens = tokenizer, params, max_tokens
-        self.kept: dict[str, tuple[NDArray[np.int64], NDArray[np.int64]]] = {}
-
-    def split(self, texts: Sequence[str]) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
-        rows, offsets = features(texts, self.tokenizer, self.params, self.max_tokens)
-        out = []
-        for i in range(len(texts)):
-            own = rows[offsets[i] : offsets[i + 1]]
-            word = own < self.params.vocab_size
-            out.append((own[word], own[~word] - self.params.vocab_size))
-        return out
-
-    def __call__(self, texts: Sequence[str], keep: bool = True) -> BagTensors:
-        import torch
-
-        missing = list(dict.fromkeys(t for t in texts if t not in self.kept))
-        found = dict(zip(missing, self.split(missing), strict=True)) if missing else {}
-        if keep:
-            self.kept.update(found)
-        parts = [self.kept[t] if t in self.kept else found[t] for t in texts]
-        tensors = []
-        for k in (0, 1):
-            counts = np.fromiter((len(part[k]) for part in parts), dtype=np.int64, count=len(parts))
-            rows = np.concatenate([part[k] for part in parts]) if parts else np.zeros(0, np.int64)
-            tensors += [torch.from_numpy(rows), torch.from_numpy(np.r_[0, np.cumsum(counts)[:-1]])]
-        return tensors[0], tensors[1], tensors[2], tensors[3]
-
-
-def initial_tables(
-    params: StaticParams,
-    token_vectors: dict[int, NDArray[np.float32]],
-    frequency: NDArray[np.float64],
-    seed: int,
-    sif: float = 1e-3,
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """(WordPiece rows: each token's projected teacher vector × its SIF weight a/(a + p), model2vec's
-    start; n-gram rows: random unit-norm directions, a random projection of the n-gram counts)."""
-    rng = np.random.default_rng(seed)
-    semantic_dim = params.embedding_dim - params.lexical_dim
-    words = rng.normal(0.0, 0.01, size=(params.vocab_size, semantic_dim))
-    p = frequency / max(frequency.sum(), 1.0)
-    weight = sif / (sif + p)
-    for token, vector in token_vectors.items():
-        words[token] = vector * weight[token]
-    grams = rng.normal(0.0, 1.0 / np.sqrt(params.lexical_dim), size=(params.buckets, params.lexical_dim))
-    return words.astype(np.float32), grams.astype(np.float32)
-
-
-def full_table(words: NDArray[np.float32], grams: NDArray[np.float32]) -> NDArray[np.float32]:
-    """The one table the worker reads: WordPiece rows in the first columns, n-gram rows in the last."""
-    table = np.zeros((len(words) + len(grams), words.shape[1] + grams.shape[1]), dtype=np.float32)
-    table[: len(words), : words.shape[1]] = words
-    table[len(words) :, words.shape[1] :] = grams
-    return table
-
-
 def _select_score(
     embed: Callable[[Sequence[str]], np.ndarray], sets: dict[str, list[Pair]]
 ) -> dict[str, float]:
@@ -235,112 +111,6 @@ def _select_score(
         )
         for name, pairs in sets.items()
     }
-
-
-@dataclass
-class Progress:
-    step: int = 0
-    best_step: int = 0
-    best_score: float = -1.0
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
-def train_tables(
-    start: tuple[NDArray[np.float32], NDArray[np.float32]],
-    bags: Bags,
-    taught: tuple[list[str], NDArray[np.float32]],
-    plan: DataPlan,
-    select: Callable[[NDArray[np.float32], NDArray[np.float32]], float],
-    recipe: DistillRecipe,
-    seconds: float,
-    *,
-    progress: bool,
-) -> tuple[tuple[NDArray[np.float32], NDArray[np.float32]], Progress]:
-    """The training loop (see the module docstring); the best tables by ``select`` and how it went."""
-    import torch
-    import torch.nn.functional as F  # noqa: N812 - the usual name
-    from torch import nn
-
-    from trainer.losses import pair_ranking_loss
-
-    rng = random.Random(recipe.seed)  # noqa: S311 - sampling, not secrets
-    torch.manual_seed(recipe.seed)
-    texts, targets = taught
-    target = torch.from_numpy(targets)
-    words = nn.EmbeddingBag.from_pretrained(torch.from_numpy(start[0]), freeze=False, mode="sum", sparse=True)
-    grams = nn.EmbeddingBag.from_pretrained(torch.from_numpy(start[1]), freeze=False, mode="sum", sparse=True)
-    optimizer = torch.optim.SparseAdam([words.weight, grams.weight], lr=recipe.lr)
-    by_file: dict[int, list[Pair]] = {}
-    for pair, source in zip(plan.pairs, plan.sources, strict=True):
-        by_file.setdefault(source, []).append(pair)
-    labelled = [pairs for pairs in by_file.values() if {p.label for p in pairs} == {0, 1}]
-    duplicates = [p for p in plan.pairs if p.label == 1]
-    w = recipe.train_lexical_weight
-
-    def encode(batch: Sequence[str], keep: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """(semantic part, unit; the fused vector the worker compares)."""
-        word_rows, word_offsets, gram_rows, gram_offsets = bags(batch, keep)
-        semantic = F.normalize(words(word_rows, word_offsets), dim=-1)
-        lexical = F.normalize(grams(gram_rows, gram_offsets), dim=-1)
-        return semantic, torch.cat([semantic * (1 - w) ** 0.5, lexical * w**0.5], dim=-1)
-
-    def encode_mixed(batch: Sequence[str], edited: Sequence[bool]) -> torch.Tensor:
-        """The semantic part of a batch whose edited texts are featurised but not kept."""
-        plain = [i for i, e in enumerate(edited) if not e]
-        spam = [i for i, e in enumerate(edited) if e]
-        out = torch.empty(len(batch), words.embedding_dim)
-        if plain:
-            out[plain] = encode([batch[i] for i in plain])[0]
-        if spam:
-            out[spam] = encode([batch[i] for i in spam], keep=False)[0]
-        return out
-
-    def snapshot() -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        return words.weight.detach().numpy().copy(), grams.weight.detach().numpy().copy()
-
-    def evaluate(loss: float) -> None:
-        current = snapshot()
-        score = select(*current)
-        state.history.append({"step": state.step, "selection_score": score, "loss": loss})
-        if score > state.best_score:
-            state.best_score, state.best_step = score, state.step
-            best[:] = [current]
-
-    state = Progress()
-    best: list[tuple[NDArray[np.float32], NDArray[np.float32]]] = [snapshot()]
-    evaluate(float("nan"))
-    started = time.monotonic()
-    with tqdm(total=int(seconds), desc="distill", unit="s", disable=not progress) as bar:
-        while time.monotonic() - started < seconds:
-            pick = rng.sample(range(len(texts)), min(recipe.batch_size, len(texts)))
-            edited = [rng.random() < recipe.edit_share for _ in pick]
-            batch = [spam_edit(texts[i], rng) if e else texts[i] for i, e in zip(pick, edited, strict=True)]
-            student = encode_mixed(batch, edited)
-            teacher = target[pick]
-            loss = recipe.distill_weight * (1 - (student * teacher).sum(-1)).mean()
-            loss = loss + recipe.relation_weight * F.mse_loss(student @ student.T, teacher @ teacher.T)
-            if labelled and recipe.pair_weight > 0:
-                pool = rng.choice(labelled)
-                pairs = rng.sample(pool, min(recipe.pair_batch_size, len(pool)))
-                a, b = encode([p.text_a for p in pairs])[1], encode([p.text_b for p in pairs])[1]
-                labels = torch.tensor([p.label for p in pairs])
-                loss = loss + recipe.pair_weight * pair_ranking_loss((a * b).sum(-1), labels, recipe.scale)
-            if duplicates and recipe.mnr_weight > 0:
-                pairs = rng.sample(duplicates, min(recipe.pair_batch_size, len(duplicates)))
-                left = [p.text_a for p in pairs]
-                right = [spam_edit(p.text_a, rng) if rng.random() < 0.25 else p.text_b for p in pairs]
-                logits = encode(left)[1] @ encode(right, keep=False)[1].T * recipe.scale
-                loss = loss + recipe.mnr_weight * F.cross_entropy(logits, torch.arange(len(pairs)))
-            optimizer.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves backward unannotated
-            optimizer.step()  # type: ignore[no-untyped-call]
-            state.step += 1
-            bar.update(int(time.monotonic() - started) - bar.n)
-            if state.step % recipe.eval_every == 0:
-                evaluate(loss.item())
-                bar.set_postfix(ap=f"{state.history[-1]['selection_score']:.4f}", loss=f"{loss.item():.3f}")
-    evaluate(float("nan"))
-    return best[0], state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,7 +154,7 @@ def distill(
         teacher.embed,
         [t for _, t in tokens],
         recipe.cache,
-        _key(teacher.version, "tokens"),
+        cache_key(teacher.version, "tokens"),
         recipe.teacher_budget_s / 4,
         progress=progress,
         chunk=1024,
@@ -393,14 +163,14 @@ def distill(
         teacher.embed,
         sample,
         recipe.cache,
-        _key(teacher.version, "texts"),
+        cache_key(teacher.version, "texts"),
         recipe.teacher_budget_s,
         progress=progress,
     )
     del teacher
     axes = principal_axes(taught_vectors, recipe.semantic_dim)
     targets = unit(taught_vectors @ axes)
-    fidelity = _fidelity(taught_vectors, targets)
+    fidelity = projection_fidelity(taught_vectors, targets)
     log.info("teacher_projected", sentences=len(taught_texts), vocabulary=len(token_texts), fidelity=fidelity)
 
     # 3. the initial table
@@ -511,9 +281,3 @@ def choose_lexical_weight(
     best = max(fine, key=lambda w: (tried[str(w)]["stream_f1"], -w))
     log.info("lexical_weight_chosen", weight=best, tried=tried)
     return params.model_copy(update={"lexical_weight": best}), tried
-
-
-def _fidelity(teacher: NDArray[np.float32], projected: NDArray[np.float32], n: int = 2000) -> float:
-    """Correlation of pairwise cosines before and after the projection, on a sample."""
-    a, b = unit(teacher[:n]), projected[:n]
-    return float(np.corrcoef((a @ a.T).ravel(), (b @ b.T).ravel())[0, 1])
