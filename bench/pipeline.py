@@ -47,6 +47,7 @@ from bench.throughput import (
 from devkit.broker import free_port, tansu
 from devkit.posts import generate, read_jsonl, write_stream
 from worker.core.ports import Candidate, Expiry, HashQuery, IndexPoint, Query, StoredVector, VectorIndex
+from worker.index.config import OVERSAMPLING
 from worker.index.edge import EdgeIndex
 from worker.service.scan import scan
 
@@ -121,10 +122,15 @@ def unit_vectors(n: int, rng: np.random.Generator) -> np.ndarray:
     return vectors
 
 
-def preload(path: Path, points: int) -> dict[str, Any]:
+def open_index(path: Path, scalar: bool) -> EdgeIndex:
+    """The bench's Edge index: the worker's defaults, with or without scalar quantisation."""
+    return EdgeIndex(path, scalar_quantization=scalar)
+
+
+def preload(path: Path, points: int, scalar: bool) -> dict[str, Any]:
     """An Edge index of ``points`` random unit vectors, order keys (0, i): before every stream post."""
     if path.exists():
-        index = EdgeIndex(path)
+        index = open_index(path, scalar)
         index.ensure(DIM, FREE_VERSION)
         info = index.describe()
         index.close()
@@ -132,7 +138,7 @@ def preload(path: Path, points: int) -> dict[str, Any]:
             return {"points": points, "seconds": 0.0, "cached": True}
         shutil.rmtree(path)
     started = time.perf_counter()
-    index = EdgeIndex(path)
+    index = open_index(path, scalar)
     index.ensure(DIM, FREE_VERSION)
     rng = np.random.default_rng(0)
     for start in range(0, points, 5000):
@@ -157,17 +163,20 @@ def fresh_copy(source: Path | None, work: Path, name: str) -> Path:
     return target
 
 
-def raw_query_rate(index_path: Path, work: Path, tail: int, batches: int = 6) -> dict[str, float]:
+def raw_query_rate(
+    index_path: Path, work: Path, tail: int, scalar: bool, batches: int = 6
+) -> dict[str, float]:
     """Queries/s of Qdrant Edge's batched query at this index, 256 requests a call: bare (no filter,
     no payload) and as ``EdgeIndex.search`` builds them (the filter, the result payload); then again
     with ``tail`` more points not yet indexed (searched exactly), as at the end of a stream that long."""
     import qdrant_edge as qe
 
-    index = EdgeIndex(fresh_copy(index_path, work, "raw-index"))
+    index = open_index(fresh_copy(index_path, work, f"raw-index-{scalar}"), scalar)
     index.ensure(DIM, FREE_VERSION)
     rng = np.random.default_rng(1)
     shard = index._open()  # the bare binding is what this measures
-    params = qe.SearchParams(hnsw_ef=index.ef_search)
+    rescored = qe.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING) if scalar else None
+    params = qe.SearchParams(hnsw_ef=index.ef_search, quantization=rescored)
 
     def bare() -> None:
         requests = [
@@ -205,8 +214,10 @@ def raw_query_rate(index_path: Path, work: Path, tail: int, batches: int = 6) ->
     return out
 
 
-def free_scan_rate(posts: Path, index_path: Path | None, work: Path, name: str) -> float:
-    index: VectorIndex = NullIndex() if name == "scan-null" else EdgeIndex(fresh_copy(index_path, work, name))
+def free_scan_rate(posts: Path, index_path: Path | None, work: Path, name: str, scalar: bool = True) -> float:
+    index: VectorIndex = (
+        NullIndex() if name == "scan-null" else open_index(fresh_copy(index_path, work, name), scalar)
+    )
     started = time.perf_counter()
     try:
         summary = scan(posts, work / f"{name}.jsonl", FreeEncoder(), index, 0.9, BATCH, progress=False)
@@ -324,9 +335,10 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         free.embed(texts[i : i + BATCH])
     result["free_encoder_texts_per_s"] = len(texts) / (time.perf_counter() - started)
     cache = args.index_cache or work / "preloaded"
-    result["preload"] = preload(cache, args.points)
-    print(f"preloaded index: {result['preload']}", flush=True)
-    result["raw"] = raw_query_rate(cache, work, args.n)
+    scalar_cache, float_cache = cache / "scalar", cache / "float"
+    result["preload"] = preload(scalar_cache, args.points, scalar=True)
+    print(f"preloaded index (scalar quantisation, the default): {result['preload']}", flush=True)
+    result["raw"] = raw_query_rate(scalar_cache, work, args.n, scalar=True)
     print(f"raw Qdrant Edge at {args.points}: {result['raw']}", flush=True)
     result["scan_null_posts_per_s"] = free_scan_rate(posts_path, None, work, "scan-null")
     print(
@@ -334,16 +346,27 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     )
     result["scan_empty_posts_per_s"] = free_scan_rate(posts_path, None, work, "scan-empty")
     print(f"scan, free encoder, empty index: {result['scan_empty_posts_per_s']:.0f} posts/s", flush=True)
-    result["scan_posts_per_s"] = free_scan_rate(posts_path, cache, work, "scan-full")
+    result["scan_posts_per_s"] = free_scan_rate(posts_path, scalar_cache, work, "scan-full")
     result["scan_vs_raw"] = result["scan_posts_per_s"] / result["raw"]["edge_search_queries_per_s"]
     print(
         f"scan, free encoder, {args.points} points: {result['scan_posts_per_s']:.0f} posts/s "
         f"({result['scan_vs_raw']:.2f} of the raw Edge search)",
         flush=True,
     )
+    float_index: dict[str, Any] = {"preload": preload(float_cache, args.points, scalar=False)}
+    float_index["raw"] = raw_query_rate(float_cache, work, args.n, scalar=False)
+    float_index["scan_posts_per_s"] = free_scan_rate(
+        posts_path, float_cache, work, "scan-float", scalar=False
+    )
+    result["float_index"] = float_index
+    print(
+        f"the same without quantisation (TWINFLAG_INDEX__QUANTIZATION=none): raw {float_index['raw']}, "
+        f"scan {float_index['scan_posts_per_s']:.0f} posts/s",
+        flush=True,
+    )
     if not args.no_run:
         with tansu(log_path=work / "tansu.log") as bootstrap:
-            run = free_run_rate(bootstrap, posts, cache, work, args.timeout_s)
+            run = free_run_rate(bootstrap, posts, scalar_cache, work, args.timeout_s)
         result["run"] = asdict(run)
         result["run_vs_raw"] = run.docs_per_s / result["raw"]["edge_search_queries_per_s"]
         print(

@@ -262,6 +262,8 @@ class TestVectorIndexContract:
         index.upsert([point("self", v, order=(1, 1)), point("other", unit(rng), order=(1, 2))])
         (got,) = index.search([Query(v, "a", (5, 0), "self")], 10)
         assert [n.doc_id for n in got] == ["other"]
+        (best,) = index.search([Query(v, "a", (5, 0), "self")], 1)  # its own point is nearest: k still met
+        assert [n.doc_id for n in best] == ["other"]
 
     def test_search_is_strict_about_earlier(self, backend: Backend) -> None:
         rng = np.random.default_rng(4)

@@ -214,3 +214,34 @@ def test_searches_past_every_stored_point_drop_the_order_condition_and_others_ke
         assert sorted(c.doc_id for c in after) == ["a", "b", "c"]
     finally:
         index.close()
+
+
+def test_a_quantised_index_finds_what_the_float_one_finds_with_float_scores(tmp_path: Path) -> None:
+    """The int8 copy only steers the graph walk: near copies come back first, as from an index without
+    it, and with their float32 cosine (rescored), not an int8 approximation."""
+    rng = np.random.default_rng(3)
+    stored = rng.standard_normal((3000, 64)).astype(np.float32)
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    picked = rng.choice(len(stored), 40, replace=False)
+    noise = rng.standard_normal((40, 64)).astype(np.float32) * 0.05
+    queries = stored[picked] + noise
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    points = [IndexPoint(f"p{i}", "t", v, f"h{i}", (1, i), "m") for i, v in enumerate(stored)]
+    found = {}
+    for scalar in (True, False):
+        index = EdgeIndex(tmp_path / f"idx-{scalar}", indexing_threshold_kb=1, scalar_quantization=scalar)
+        index.ensure(64, "m")
+        try:
+            index.upsert(points)
+            index.optimize()
+            assert index.describe()["indexed_vectors"] == len(stored)  # the graph, not a plain scan
+            rows = index.search([Query(q, "t", (2, 0), "query") for q in queries], 5)
+            found[scalar] = [row[0].doc_id for row in rows]
+            for row, query in zip(rows, queries, strict=True):
+                exact = stored[int(row[0].doc_id[1:])] @ query
+                assert row[0].score == pytest.approx(float(exact), abs=1e-6)
+        finally:
+            index.close()
+        config = json.loads(next((tmp_path / f"idx-{scalar}").glob("shard-*/edge_config.json")).read_text())
+        assert (config.get("quantization_config") is not None) is scalar
+    assert found[True] == found[False] == [f"p{i}" for i in picked]

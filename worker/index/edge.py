@@ -37,7 +37,7 @@ from worker.core.logs import get_logger
 from worker.core.ports import Candidate, Expiry, HashQuery, IndexPoint, Query, StoredVector
 from worker.core.records import OrderKey
 from worker.index import edge_optimize
-from worker.index.config import DEFAULT_OPTIMIZE_EVERY
+from worker.index.config import DEFAULT_OPTIMIZE_EVERY, OVERSAMPLING, QUANTILE
 from worker.index.edge_optimize import OptimizeJob
 from worker.index.edge_store import FORMAT, OPTIMIZE_LOG, SIDECAR, IndexDirectory, open_shard
 from worker.index.payload import (
@@ -87,6 +87,11 @@ class EdgeDialect:
 _DIALECT = EdgeDialect()
 
 
+def _is(row: Mapping[str, Any] | None, doc_id: str) -> bool:
+    """Whether a result row is the querying document's own point (the search leaves the check to us)."""
+    return row is not None and row.get("id") == doc_id
+
+
 class EdgeIndex:
     """``VectorIndex`` over an embedded Qdrant Edge shard on local disk: the default backend.
 
@@ -108,6 +113,8 @@ class EdgeIndex:
         indexing_threshold_kb: int | None = None,
         max_segment_kb: int | None = None,
         optimize_threads: int = 0,
+        scalar_quantization: bool = True,
+        quantization_oversampling: float = OVERSAMPLING,
     ) -> None:
         """Nothing touches the disk until ``ensure``.
 
@@ -119,6 +126,10 @@ class EdgeIndex:
         core) makes every optimisation merge all points and rebuild the graph; 8 lets each run index the
         new points as a segment of their own (measured: 4-5 s per 10k new points at 50k, against 8-19 s
         for a full rebuild) and merge small segments only when there are more than 8.
+        ``scalar_quantization``: the optimiser keeps an int8 copy of each indexed segment's vectors in
+        RAM; the graph walk compares those, and the best ``oversampling`` x k are rescored with the
+        float32 vectors. Measured at 100k random unit vectors: 2.7x the queries/s at the same ef, the
+        same recall (``bench.pipeline``). It applies to segments optimised after it is set.
         """
         if optimize_every < 1:
             raise ValueError("optimize_every must be >= 1")
@@ -133,6 +144,8 @@ class EdgeIndex:
         self._indexing_threshold_kb = indexing_threshold_kb
         self._max_segment_kb = max_segment_kb
         self._optimize_threads = optimize_threads
+        self._scalar = scalar_quantization
+        self._oversampling = quantization_oversampling
         self._shard: qe.EdgeShard | None = None
         self._meta: dict[str, Any] = {}
         self._since_optimize = 0
@@ -217,10 +230,17 @@ class EdgeIndex:
         if not queries:
             return []
         shard, dim = self._open(), int(self._meta["dim"])
-        params = qe.SearchParams(hnsw_ef=max(self._ef_search, k))
+        params = qe.SearchParams(
+            hnsw_ef=max(self._ef_search, k),
+            quantization=(
+                qe.QuantizationSearchParams(rescore=True, oversampling=self._oversampling)
+                if self._scalar
+                else None
+            ),
+        )
         requests = [
             qe.QueryRequest(
-                limit=k,
+                limit=k + 1,  # the document's own point may come back (an earlier version): dropped below
                 query=qe.Query.Nearest(as_vector(q.vector, dim)),
                 filter=earlier_filter(
                     _DIALECT,
@@ -229,6 +249,7 @@ class EdgeIndex:
                     q.doc_id,
                     after_ts=q.after_ts,
                     all_earlier=q.before > self._latest,
+                    exclude_self=False,
                 ),
                 params=params,
                 with_payload=RESULT_FIELDS,
@@ -237,7 +258,10 @@ class EdgeIndex:
             for q in queries
         ]
         hits = shard.query_batch(qe.QueryBatchRequest(requests))
-        return [ranked([candidate(p.payload, p.score, "index") for p in row]) for row in hits]
+        return [
+            ranked([candidate(p.payload, p.score, "index") for p in row if not _is(p.payload, q.doc_id)])[:k]
+            for q, row in zip(queries, hits, strict=True)
+        ]
 
     def find_hashes(self, queries: Sequence[HashQuery]) -> list[Candidate | None]:
         return find_earliest(queries, self._run_probes)
@@ -436,4 +460,9 @@ class EdgeIndex:
                 max_indexing_threads=self._optimize_threads,
             ),
             optimizers=optimizers,
+            quantization_config=(
+                qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=QUANTILE, always_ram=True)
+                if self._scalar
+                else None
+            ),
         )

@@ -178,21 +178,27 @@ def earlier_filter(
     *,
     after_ts: int | None = None,
     all_earlier: bool = False,
+    exclude_self: bool = True,
 ) -> Any:
     """The tenant's points strictly earlier than ``before`` and, with ``after_ts``, of record time at
     least that (retention), other than the document itself, that also match ``equal`` field by field.
     ``all_earlier``: the caller knows every stored point is earlier than ``before``, so the order-key
-    condition is left out (it costs a quarter of a search); the retention bound stays."""
+    condition is left out (it costs a quarter of a search); the retention bound stays.
+    ``exclude_self=False``: the caller drops the document's own point from the results itself (Qdrant
+    Edge: the id condition made a search 1.5-2.5x slower than one more result and a Python check)."""
     check_key(before)
     ts, pos = before
-    earlier = dialect.any_of(
-        [dialect.below("ts", ts), dialect.all_of([dialect.equals("ts", ts), dialect.below("pos", pos)])]
-    )
-    conditions = [dialect.equals("tenant", tenant)] + ([] if all_earlier else [earlier])
+    conditions = [dialect.equals("tenant", tenant)]
+    if not all_earlier:
+        earlier = [
+            dialect.below("ts", ts),
+            dialect.all_of([dialect.equals("ts", ts), dialect.below("pos", pos)]),
+        ]
+        conditions.append(dialect.any_of(earlier))
     if after_ts is not None:
         conditions.append(dialect.at_least("ts", after_ts))
     conditions += [dialect.equals(key, value) for key, value in (equal or {}).items()]
-    return dialect.all_of(conditions, exclude_ids=[point_id(tenant, doc_id)])
+    return dialect.all_of(conditions, exclude_ids=[point_id(tenant, doc_id)] if exclude_self else [])
 
 
 def expired_filter(dialect: FilterDialect, expiry: Expiry) -> Any:

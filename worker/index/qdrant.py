@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker.core.errors import IndexMismatchError, IndexUnavailableError
 from worker.core.ports import Candidate, Expiry, HashQuery, IndexPoint, Query, StoredVector
+from worker.index.config import OVERSAMPLING, QUANTILE
 from worker.index.payload import (
     HASH_PROBE,
     MODEL_KEY,
@@ -107,8 +108,8 @@ class QdrantIndex:
         hnsw_m: int = 16,
         hnsw_ef_construct: int = 100,
         ef_search: int = 128,
-        scalar_quantization: bool = False,
-        quantization_oversampling: float = 2.0,
+        scalar_quantization: bool = True,
+        quantization_oversampling: float = OVERSAMPLING,
         on_disk_vectors: bool = False,
         shard_number: int | None = None,
         replication_factor: int | None = None,
@@ -165,7 +166,7 @@ class QdrantIndex:
         quantization = (
             models.ScalarQuantization(
                 scalar=models.ScalarQuantizationConfig(
-                    type=models.ScalarType.INT8, quantile=0.99, always_ram=True
+                    type=models.ScalarType.INT8, quantile=QUANTILE, always_ram=True
                 )
             )
             if self._scalar

@@ -102,6 +102,7 @@ def build_index(index: IndexSettings, stack: ExitStack) -> VectorIndex:
             hnsw_ef_construct=index.hnsw_ef_construct,
             ef_search=index.hnsw_ef,
             optimize_every=index.optimize_every,
+            scalar_quantization=index.quantization == "scalar",
         )
         stack.callback(edge.close)
         return edge
