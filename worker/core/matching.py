@@ -160,8 +160,8 @@ def index_candidates(
     texts: Texts,
     fetched: Fetched,
 ) -> list[list[Candidate]]:
-    """One batched search, then each neighbour rescored from its stored vector (see ``decide``); the
-    stored texts go into ``texts``."""
+    """One batched search, then the neighbours that can reach the top k rescored from their stored
+    vectors (see ``decide``); their stored texts go into ``texts``."""
     if not docs or k <= 0:
         return [[] for _ in docs]
     queries = [
@@ -173,21 +173,51 @@ def index_candidates(
         [n for n in neighbours if not invisible(n, doc, first_version)]
         for doc, neighbours in zip(docs, results, strict=True)
     ]
-    keys = sorted({(doc.document.tenant, n.doc_id) for doc, ns in zip(docs, kept, strict=True) for n in ns})
-    stored = lookup(index, fetched, keys)
-    found: list[list[Candidate]] = []
-    for doc, neighbours in zip(docs, kept, strict=True):
-        candidates = []
-        for n in neighbours:
-            vector = stored.get((doc.document.tenant, n.doc_id))
-            if vector is not None and vector.opaque:
-                continue  # its vector says nothing about it: only the exact path may match it
-            score = n.score if vector is None else cosine(vector_of(doc), vector.vector)
-            candidates.append(Candidate(n.doc_id, clamp_score(score), n.order, "index"))
-            if vector is not None and vector.text is not None:
-                texts[(doc.document.tenant, n.doc_id, n.order)] = vector.text
-        found.append(candidates)
+    stored: Fetched = {}
+    found: list[list[Candidate]] = [[] for _ in docs]
+    todo = [(i, ranked_by_index(neighbours)) for i, neighbours in enumerate(kept)]
+    while todo:
+        wanted = [(i, contenders(neighbours, k - len(found[i]))) for i, neighbours in todo]
+        keys = sorted({(docs[i].document.tenant, n.doc_id) for i, ns in wanted for n in ns})
+        stored.update(lookup(index, fetched, keys))
+        rest = []
+        for (i, neighbours), (_, chosen) in zip(todo, wanted, strict=True):
+            doc = docs[i]
+            for n in chosen:
+                vector = stored.get((doc.document.tenant, n.doc_id))
+                if vector is not None and vector.opaque:
+                    continue  # its vector says nothing about it: only the exact path may match it
+                score = n.score if vector is None else cosine(vector_of(doc), vector.vector)
+                found[i].append(Candidate(n.doc_id, clamp_score(score), n.order, "index"))
+                if vector is not None and vector.text is not None:
+                    texts[(doc.document.tenant, n.doc_id, n.order)] = vector.text
+            if len(found[i]) < k and len(chosen) < len(neighbours):
+                rest.append((i, neighbours[len(chosen) :]))  # opaque points took places: read further
+        todo = rest
     return found
+
+
+RESCORE_MARGIN = 1e-5
+"""How far below the k-th neighbour's index score a neighbour is still read and rescored: the index's
+float32 scores differ from the float64 rescoring by about 1e-7, so one this far below cannot overtake."""
+
+
+def ranked_by_index(neighbours: list[Candidate]) -> list[Candidate]:
+    """Best index score first (ties by order key and id, the final ranking's own tie-break)."""
+    return sorted(neighbours, key=lambda n: (-n.score, n.order, n.doc_id))
+
+
+def contenders(neighbours: list[Candidate], places: int) -> list[Candidate]:
+    """The leading neighbours that can still take one of ``places`` places once rescored: the first
+    ``places`` and every one within ``RESCORE_MARGIN`` of the last of them. The others are never read:
+    reading and rescoring a point costs more than searching for it."""
+    if places <= 0 or len(neighbours) <= places:
+        return neighbours if places > 0 else []
+    floor = neighbours[places - 1].score - RESCORE_MARGIN
+    cut = places
+    while cut < len(neighbours) and neighbours[cut].score >= floor:
+        cut += 1
+    return neighbours[:cut]
 
 
 def verify(
