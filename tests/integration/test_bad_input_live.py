@@ -24,7 +24,7 @@ from tests.unit.test_bad_input import values
 from worker.core.messages import DeadLetterReason, Deletion
 from worker.core.outgoing import DeadLetter, Decision
 from worker.core.parse import parse_record
-from worker.service.wiring import step_config
+from worker.service.decision import step_config
 
 pytestmark = pytest.mark.integration
 

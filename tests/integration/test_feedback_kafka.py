@@ -24,16 +24,11 @@ import pytest
 from devkit.kafka import Names, create_topics, produce, read_topic
 from tests.fakes import HashEncoder
 from tests.integration.conftest import REPO, worker_settings
+from worker.service.decision import step_config
+from worker.service.feedback import build_feedback
 from worker.service.loop import run
 from worker.service.settings import WorkerSettings
-from worker.service.wiring import (
-    build_consumer,
-    build_feedback,
-    build_index,
-    build_publisher,
-    step_config,
-    topics,
-)
+from worker.service.wiring import build_consumer, build_index, build_publisher, topics
 
 pytestmark = pytest.mark.integration
 

@@ -22,9 +22,10 @@ from structlog.testing import capture_logs
 from devkit.kafka import Names, committed, create_topics, produce, read_topic
 from tests.fakes import HashEncoder
 from tests.integration.conftest import Post, make_stream, produce_posts, worker_settings
+from worker.service.decision import step_config
 from worker.service.loop import run
 from worker.service.settings import WorkerSettings
-from worker.service.wiring import build_consumer, build_index, build_publisher, step_config, topics
+from worker.service.wiring import build_consumer, build_index, build_publisher, topics
 
 pytestmark = pytest.mark.integration
 

@@ -21,9 +21,10 @@ from tests.fakes import HashEncoder
 from tests.integration.conftest import make_stream, produce_posts, worker_settings
 from tests.integration.proxy import CuttableProxy
 from worker.core.errors import Backoff
+from worker.service.decision import step_config
 from worker.service.loop import run
 from worker.service.status import Readiness
-from worker.service.wiring import build_consumer, build_index, build_publisher, step_config, topics
+from worker.service.wiring import build_consumer, build_index, build_publisher, topics
 
 pytestmark = pytest.mark.integration
 

@@ -353,8 +353,8 @@ def test_producer_timestamps_are_reported_once_per_partition() -> None:
 
 def test_an_unreachable_server_is_named_with_the_setting_that_holds_its_address() -> None:
 
+    from worker.service.retry import retrying
     from worker.service.settings import WorkerSettings
-    from worker.service.wiring import retrying
 
     settings = WorkerSettings.model_validate(
         {"kafka": {"bootstrap_servers": "broker-x:9092"}, "index": {"url": "http://u:pw@qdrant:6333"}}

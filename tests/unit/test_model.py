@@ -279,8 +279,8 @@ def test_config_and_manifest_must_agree_with_the_weights(tmp_path: Path) -> None
 def test_a_refused_manifest_exits_2_naming_the_problem(tmp_path: Path) -> None:
     from worker.core.errors import FatalError
     from worker.model.config import ModelSettings
+    from worker.service.decision import load_model
     from worker.service.settings import WorkerSettings
-    from worker.service.wiring import load_model
 
     path, _, _ = tiny_bilstm_dir(tmp_path / "m")
     edit_json(path / "manifest.json", max_tokens=1_000_000)
@@ -417,8 +417,8 @@ def test_the_worker_bounds_the_cpu_kernel_cache_before_it_loads_the_model(
     # stream-sized batches grew the process by 800 MiB. It reads the capacity once, at its first
     # kernel, so the worker must set it before the model's first forward pass.
     from worker.model.config import ModelSettings
+    from worker.service.decision import load_model
     from worker.service.settings import WorkerSettings
-    from worker.service.wiring import load_model
 
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     path = tiny_bilstm_dir(tmp_path / "m")[0]

@@ -16,9 +16,9 @@ from worker.core.records import Record
 from worker.core.retention import DAY_MS, EXPIRY_SLACK_MS, Retention
 from worker.core.step import StepConfig
 from worker.index.config import IndexSettings
+from worker.service.decision import step_config, stream_config
 from worker.service.expiry import Expirer
 from worker.service.settings import ENV_PREFIX, WorkerSettings
-from worker.service.wiring import step_config, stream_config
 
 T0 = 1_700_000_000_000  # the first post's record time
 SPAM = "Buy cheap watches at our store today, best prices guaranteed!"

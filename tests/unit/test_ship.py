@@ -116,8 +116,8 @@ def test_a_shipped_verifier_is_loaded_and_run_by_the_worker(tmp_path: Path) -> N
     from worker.model.directory import load_model_dir
     from worker.model.encode import TorchEncoder
     from worker.model.modules import TransformerEncoder
+    from worker.service.decision import decision_of, step_config
     from worker.service.settings import WorkerSettings
-    from worker.service.wiring import decision_of, step_config
 
     model = tmp_path / "model"
     export_pretrained(tiny_sentence_transformer(tmp_path / "st"), model, device="cpu")

@@ -21,9 +21,9 @@ from trainer.vocab import train_wordpiece
 from worker.model.directory import read_manifest
 from worker.model.manifest import ModelFormatError, StaticParams
 from worker.model.static import StaticEncoder, features, load_static
+from worker.service.decision import load_model
 from worker.service.scan import scan
 from worker.service.settings import WorkerSettings
-from worker.service.wiring import load_model
 
 TEXTS = [
     "Buy cheap watches at our store today, best prices guaranteed!",

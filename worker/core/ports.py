@@ -1,10 +1,11 @@
 """The narrow interfaces the batch step and the loop depend on, and the values that cross them.
 
-Real implementations live in the other rooms and are built by ``worker.service.wiring`` from settings:
-``Encoder`` (``worker.model.encode.TorchEncoder``), ``VectorIndex`` (``worker.index.edge.EdgeIndex``,
-``worker.index.qdrant.QdrantIndex``, ``worker.index.memory.MemoryIndex``), ``RecordSource``
-(``worker.kafka.source.KafkaSource``) and ``BatchPublisher`` (``worker.kafka.publish``). Nothing here
-imports them, or kafka, qdrant or torch: the core is tested with fakes in milliseconds.
+Real implementations live in the other rooms and are built by ``worker.service.wiring`` from settings
+(the encoder by ``worker.service.decision``): ``Encoder`` (``worker.model.encode.TorchEncoder``),
+``VectorIndex`` (``worker.index.edge.EdgeIndex``, ``worker.index.qdrant.QdrantIndex``,
+``worker.index.memory.MemoryIndex``), ``RecordSource`` (``worker.kafka.source.KafkaSource``) and
+``BatchPublisher`` (``worker.kafka.publish``). Nothing here imports them, or kafka, qdrant or torch: the
+core is tested with fakes in milliseconds.
 """
 
 from __future__ import annotations

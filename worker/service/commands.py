@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from worker.core import logs
 from worker.core.errors import FatalError
+from worker.service.decision import decision_of, load_model
 from worker.service.settings import (
     UnknownSettingError,
     WorkerSettings,
@@ -24,15 +25,7 @@ from worker.service.settings import (
     settings_markdown,
 )
 from worker.service.status import Readiness
-from worker.service.wiring import (
-    EXIT_CONFIG,
-    EXIT_OK,
-    build_index,
-    decision_of,
-    load_model,
-    run_worker,
-    stop_on_signals,
-)
+from worker.service.wiring import EXIT_CONFIG, EXIT_OK, build_index, run_worker, stop_on_signals
 
 
 def load_settings() -> WorkerSettings:
@@ -165,8 +158,8 @@ def cmd_verdicts(args: argparse.Namespace) -> int:
     """The verdicts kept beside the index, texts read back from the documents topic (``service.pairs``)."""
     from worker.kafka.config import consumer_options
     from worker.kafka.verdicts import read_positions
+    from worker.service.feedback import review_file
     from worker.service.pairs import with_texts
-    from worker.service.wiring import review_file
 
     settings = load_settings()
     logs.configure(settings.log_level, settings.log_format)

@@ -178,7 +178,9 @@ def open_direct(
 ) -> DirectStep:
     """The model and the index (embedded at ``index``, else the configured one), checked against each
     other, as a ``DirectStep``; their closes go on ``stack``. Writes are flushed before they return."""
-    from worker.service.wiring import build_index, decision_of, load_model, review_file, step_config
+    from worker.service.decision import decision_of, load_model, step_config
+    from worker.service.feedback import review_file
+    from worker.service.wiring import build_index
 
     encoder, manifest_threshold = load_model(settings, model)
     decision = decision_of(settings, encoder, threshold)

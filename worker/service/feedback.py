@@ -1,7 +1,7 @@
 """Verdicts in, between batches: parsed, remembered (``worker.core.feedback``), their dead letters and
 the learned decision points sent out.
 
-Two sources feed the same ``Feedback``: the worker reads the verdicts topic (``worker.kafka.verdicts``),
+Two sources feed the same ``Feedback``: the worker reads the verdicts topic (``build_feedback``),
 ``serve`` and ``twinflag.Detector`` keep a file of JSON lines (``ReviewFile``). Either way a verdict
 is parsed like a document (``worker.core.parse.parse_verdict``): a bad one becomes a dead letter with
 its reason, never a silent drop.
@@ -13,8 +13,10 @@ import json
 import os
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from worker.core.feedback import Feedback, Reviewed, TenantPoint, learned_point
 from worker.core.logs import get_logger
@@ -26,6 +28,12 @@ from worker.core.policy import Policy
 from worker.core.ports import VectorIndex
 from worker.core.records import OrderKey, Record
 from worker.core.step import StepConfig
+from worker.kafka.config import consumer_options, producer_options
+from worker.service.retry import retrying
+
+if TYPE_CHECKING:
+    from worker.index.config import IndexSettings
+    from worker.service.settings import WorkerSettings
 
 log = get_logger("feedback")
 
@@ -214,3 +222,48 @@ class StreamFeedback:
         applied = self._feed.apply(records)
         if self._flush is not None and (applied.dead_letters or applied.points):
             self._flush()
+
+
+def build_feedback(
+    settings: WorkerSettings, index: VectorIndex, config: StepConfig, stack: ExitStack, stop: threading.Event
+) -> StreamFeedback | None:
+    """The verdicts topic read to its end, as the loop's feedback (None: ``verdicts_topic`` unset, or
+    stopped while the broker was away). Closes on ``stack``."""
+    from worker.kafka.verdicts import EventProducer, VerdictReader
+
+    kafka = settings.kafka
+    if kafka.verdicts_topic is None:
+        return None
+    topic = kafka.verdicts_topic
+    options = consumer_options(kafka, settings.max_message_bytes, settings.backoff_max_s)
+    reader = retrying("verdicts", lambda: VerdictReader(options, topic), settings, stop)
+    producer_settings = producer_options(kafka, settings.max_message_bytes, settings.backoff_max_s)
+    producer = retrying("producer", lambda: EventProducer(producer_settings), settings, stop)
+    if reader is None or producer is None:
+        return None
+    close_s = settings.shutdown_timeout_s / 2
+    stack.callback(reader.close)
+    stack.callback(producer.close, close_s)
+    feed = FeedbackFeed.for_step(
+        config,
+        index,
+        Feedback(settings.feedback.rules()),
+        review_file(settings),
+        send=producer.send,
+        dlq_topic=kafka.dlq_topic,
+        points_topic=kafka.thresholds_topic,
+    )
+    feed.open()
+    flush_s = kafka.flush_timeout_s
+    source = StreamFeedback(feed, lambda timeout_ms: reader.read(timeout_ms), lambda: producer.flush(flush_s))
+    source.catch_up(reader.read_to_end(settings.feedback.catch_up_s))
+    return source
+
+
+def review_file(settings: WorkerSettings, index: IndexSettings | None = None) -> ReviewFile | None:
+    """Where verdicts and their resolved pairs are kept: the setting, else inside an embedded index."""
+    chosen = index if index is not None else settings.index
+    path = settings.feedback.store
+    if path is None and chosen.backend == "embedded":
+        path = chosen.path / "verdicts.jsonl"
+    return None if path is None else ReviewFile(path)

@@ -1,4 +1,5 @@
-"""Real clients, built from settings: the only place they are. And the service's start and stop.
+"""Real clients, built from settings (the model's in ``worker.service.decision``, the verdicts topic's in
+``worker.service.feedback``), and the service's start and stop.
 
 ``run_worker`` takes the encoder as a parameter so the integration tests drive this same wiring with a
 fast deterministic encoder (``tests/integration/driver.py``); ``worker.service.commands.cmd_run`` is
@@ -9,37 +10,28 @@ that a restart cannot fix.
 
 from __future__ import annotations
 
-import random
 import resource
 import signal
 import threading
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from dataclasses import dataclass
 
 from worker.core.emit import Topics
-from worker.core.errors import Action, Backoff, FatalError, IndexMismatchError, policy
+from worker.core.errors import FatalError, IndexMismatchError
 from worker.core.logs import get_logger
-from worker.core.messages import DEFAULT_DEAD_LETTER_BYTES
-from worker.core.policy import DecisionPlan, Policy
+from worker.core.policy import DecisionPlan
 from worker.core.ports import BatchPublisher, Encoder, RecordSource, VectorIndex
-from worker.core.step import StepConfig
-from worker.index.config import IndexSettings, mask_credentials
+from worker.index.config import IndexSettings
 from worker.kafka.config import consumer_options, dead_letter_limit, ensure_topics, producer_options
-from worker.model.manifest import ModelFormatError, calibrated_policy
+from worker.service.decision import step_config, stream_config
+from worker.service.feedback import build_feedback
 from worker.service.loop import run as run_loop
+from worker.service.retry import backoff_of, retrying
 from worker.service.settings import WorkerSettings
 from worker.service.status import Metrics, Readiness, StatusServer
 
-if TYPE_CHECKING:
-    from worker.model.encode import DirectoryEncoder
-    from worker.service.feedback import ReviewFile, StreamFeedback
-
 log = get_logger("main")
-T = TypeVar("T")
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
 
@@ -130,123 +122,6 @@ def build_index(index: IndexSettings, stack: ExitStack) -> VectorIndex:
     return server
 
 
-def load_model(settings: WorkerSettings, model_dir: Path | None = None) -> tuple[DirectoryEncoder, float]:
-    """The encoder the model directory asks for (``encode.load_encoder``: torch, ONNX Runtime for int8,
-    numpy for a static model) and the manifest's decision threshold. A missing, unsafe or unreadable
-    model directory is a ``FatalError`` naming the path."""
-    from worker.model.encode import limit_kernel_cache, load_encoder
-
-    path = model_dir if model_dir is not None else settings.model.path
-    model = settings.model
-    try:
-        limit_kernel_cache(model.cpu_kernel_cache)
-        encoder = load_encoder(path, model.device, model.max_batch_tokens, model.max_batch_size)
-    except (ModelFormatError, FileNotFoundError) as error:  # UnsafeModelError is a ModelFormatError
-        raise FatalError(f"model directory refused: {error}") from error
-    return encoder, encoder.manifest.thresholds.decision
-
-
-def decision_of(
-    settings: WorkerSettings, encoder: DirectoryEncoder, threshold: float | None = None
-) -> DecisionPlan:
-    """The model's own decision (its calibration, its verifier), unless a threshold is forced (the
-    argument, else ``TWINFLAG_MODEL__THRESHOLD``): then the cosine decides alone. torch is imported
-    only for a verifier: an int8 or static model runs without it."""
-    model, manifest = settings.model, encoder.manifest
-    forced = threshold if threshold is not None else model.threshold
-    points = model.tenant_thresholds
-    policy = None if forced is not None else calibrated_policy(manifest, points, verify=model.verifier)
-    if policy is None:
-        cosine = forced if forced is not None else manifest.thresholds.decision
-        return DecisionPlan(Policy(cosine, tenant_points=points))
-    section = manifest.verifier
-    if not policy.verifies or section is None:
-        return DecisionPlan(policy)
-    from worker.model.verify import TorchVerifier
-
-    try:
-        verifier = TorchVerifier(
-            encoder.root, section, encoder.tokenizer, manifest.pad_token_id, device=model.device
-        )
-    except (ModelFormatError, FileNotFoundError) as error:
-        raise FatalError(f"model directory refused: {error}") from error
-    return DecisionPlan(policy, verifier, section.keep_text)
-
-
-def step_config(
-    settings: WorkerSettings,
-    encoder: Encoder,
-    threshold: float,
-    dead_letter_bytes: int = DEFAULT_DEAD_LETTER_BYTES,
-    decision: DecisionPlan | None = None,
-) -> StepConfig:
-    return StepConfig(
-        threshold=threshold,
-        model_version=encoder.version,
-        top_k=settings.top_k,
-        max_message_bytes=settings.max_message_bytes,
-        max_dead_letter_bytes=dead_letter_bytes,
-        tombstones=settings.tombstones,
-        policy=None if decision is None else decision.policy,
-        keep_text=0 if decision is None else decision.keep_text,
-    )
-
-
-def stream_config(settings: WorkerSettings, config: StepConfig) -> StepConfig:
-    """``config`` with the retention (``TWINFLAG_INDEX__RETENTION_DAYS``): the stream's alone, as only
-    the loop expires points, and a check (at the largest timestamp) would see nothing through it."""
-    return replace(config, retention=settings.index.retention())
-
-
-def build_feedback(
-    settings: WorkerSettings, index: VectorIndex, config: StepConfig, stack: ExitStack, stop: threading.Event
-) -> StreamFeedback | None:
-    """The verdicts topic read to its end, as the loop's feedback (None: ``verdicts_topic`` unset, or
-    stopped while the broker was away). Closes on ``stack``."""
-    from worker.core.feedback import Feedback
-    from worker.kafka.verdicts import EventProducer, VerdictReader
-    from worker.service.feedback import FeedbackFeed, StreamFeedback
-
-    kafka = settings.kafka
-    if kafka.verdicts_topic is None:
-        return None
-    topic = kafka.verdicts_topic
-    options = consumer_options(kafka, settings.max_message_bytes, settings.backoff_max_s)
-    reader = retrying("verdicts", lambda: VerdictReader(options, topic), settings, stop)
-    producer_settings = producer_options(kafka, settings.max_message_bytes, settings.backoff_max_s)
-    producer = retrying("producer", lambda: EventProducer(producer_settings), settings, stop)
-    if reader is None or producer is None:
-        return None
-    close_s = settings.shutdown_timeout_s / 2
-    stack.callback(reader.close)
-    stack.callback(producer.close, close_s)
-    feed = FeedbackFeed.for_step(
-        config,
-        index,
-        Feedback(settings.feedback.rules()),
-        review_file(settings),
-        send=producer.send,
-        dlq_topic=kafka.dlq_topic,
-        points_topic=kafka.thresholds_topic,
-    )
-    feed.open()
-    flush_s = kafka.flush_timeout_s
-    source = StreamFeedback(feed, lambda timeout_ms: reader.read(timeout_ms), lambda: producer.flush(flush_s))
-    source.catch_up(reader.read_to_end(settings.feedback.catch_up_s))
-    return source
-
-
-def review_file(settings: WorkerSettings, index: IndexSettings | None = None) -> ReviewFile | None:
-    """Where verdicts and their resolved pairs are kept: the setting, else inside an embedded index."""
-    from worker.service.feedback import ReviewFile
-
-    chosen = index if index is not None else settings.index
-    path = settings.feedback.store
-    if path is None and chosen.backend == "embedded":
-        path = chosen.path / "verdicts.jsonl"
-    return None if path is None else ReviewFile(path)
-
-
 def topics(settings: WorkerSettings) -> Topics:
     kafka = settings.kafka
     return Topics(flags=kafka.flags_topic, dlq=kafka.dlq_topic, decisions=kafka.decisions_topic)
@@ -258,43 +133,6 @@ def stop_on_signals() -> threading.Event:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     return stop
-
-
-def server_of(what: str, settings: WorkerSettings) -> dict[str, str]:
-    """Where a client connects and the setting that says so: what an operator fixes when it is down."""
-    if what == "index":
-        if settings.index.url is None:
-            return {"address": str(settings.index.path), "setting": "TWINFLAG_INDEX__PATH"}
-        return {"address": mask_credentials(settings.index.url), "setting": "TWINFLAG_INDEX__URL"}
-    return {"address": settings.kafka.bootstrap_servers, "setting": "TWINFLAG_KAFKA__BOOTSTRAP_SERVERS"}
-
-
-def retrying(what: str, build: Callable[[], T], settings: WorkerSettings, stop: threading.Event) -> T | None:
-    """Build a client, backing off while its server is unavailable; None if stopped meanwhile. Each
-    retry's log line names the address and the setting that holds it."""
-    backoff, failures = backoff_of(settings), 0
-    rng = random.Random()  # noqa: S311 -- jitter for retries, not secrets
-    while not stop.is_set():
-        try:
-            return build()
-        except Exception as error:
-            if policy(error) is not Action.BACK_OFF:
-                raise
-            failures += 1
-            delay = backoff.wait_s(failures, rng)
-            log.warning(
-                "unavailable",
-                what=what,
-                **server_of(what, settings),
-                error=type(error).__name__,
-                retry_in_s=round(delay, 3),
-            )
-            stop.wait(delay)
-    return None
-
-
-def backoff_of(settings: WorkerSettings) -> Backoff:
-    return Backoff(settings.backoff_initial_s, settings.backoff_max_s)
 
 
 def start(
