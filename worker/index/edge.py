@@ -271,7 +271,7 @@ class EdgeIndex:
             qe.QueryRequest(
                 limit=HASH_PROBE,
                 query=qe.OrderBy(probe.order_by, qe.Direction.Asc),
-                filter=probe.where(_DIALECT),
+                filter=probe.where(_DIALECT, self._latest),
                 with_payload=RESULT_FIELDS,
                 with_vector=False,
             )
