@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -115,10 +114,6 @@ def _select_score(
 
 # ---------------------------------------------------------------------------------------------
 # The command
-
-
-def _fingerprint(texts: Sequence[str]) -> str:
-    return hashlib.sha256("\x1e".join(texts).encode("utf-8")).hexdigest()[:12]
 
 
 def distill(

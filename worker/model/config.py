@@ -1,6 +1,6 @@
 """The model group of the worker's settings (``TWINFLAG_MODEL__*``): which model directory, run how.
 
-Read once by ``worker.service.settings.WorkerSettings``; ``worker.service.wiring`` loads the model.
+Read once by ``worker.service.settings.WorkerSettings``; ``worker.service.decision`` loads the model.
 """
 
 from __future__ import annotations
