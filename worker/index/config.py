@@ -59,7 +59,7 @@ class IndexSettings(BaseModel):
     quantization: Literal["none", "scalar"] = Field(
         default="scalar",
         description="`scalar`: the graph walk compares int8 copies of the vectors (kept in RAM), then"
-        " rescores the best with the float32 ones: 2.7x the queries/s at 100k points, same recall.",
+        " rescores the best with the float32 ones: 2-4x the queries/s at 100k points, same recall.",
     )
     shard_number: int | None = Field(
         default=None,
