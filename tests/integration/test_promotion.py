@@ -108,6 +108,7 @@ def test_promotion_under_load_loses_nothing_and_switches_every_later_post(
 
     switch_at = feeder.sent  # the switch begins: live stops, the shadow passes it, the live group moves
     live.stop()
+    stopped_at = feeder.sent  # the old model decides nothing sent after this
     at_live = position(names.group)
     until(lambda: all(position(shadow.group).get(p, 0) >= o for p, o in at_live.items()))
     shadow_worker.stop()
@@ -122,12 +123,17 @@ def test_promotion_under_load_loses_nothing_and_switches_every_later_post(
     by_id: dict[str, set[str]] = defaultdict(set)
     for d in decisions:
         by_id[d["id"]].add(json.dumps(d, sort_keys=True))
-    order = {post.id: i for i, post in enumerate(feeder.posts)}
     assert set(by_id) == {post.id for post in feeder.posts[: feeder.sent]}  # none lost
     assert all(len(copies) == 1 for copies in by_id.values())  # one decision per post
+    # Everything the live group committed before it stopped is the old model's; every record after
+    # its last commit the candidate's; posts sent while the live worker stopped may fall on either side.
+    for d in decisions:
+        source = d["source"]
+        before_switch = source["offset"] < at_live.get(source["partition"], 0)
+        assert d["model"] == ("hash-live" if before_switch else "hash-candidate"), d["id"]
     models = {d["id"]: d["model"] for d in decisions}
-    assert {models[i] for i in models if order[i] >= switch_at} == {"hash-candidate"}
-    assert {models[i] for i in models if order[i] < backlog} == {"hash-live"}
+    assert models[feeder.posts[0].id] == "hash-live"
+    assert {models[post.id] for post in feeder.posts[stopped_at : feeder.sent]} == {"hash-candidate"}
     index = EdgeIndex(tmp_path / "index-candidate")  # the new model knows every post, for later copies
     index.ensure(candidate.dim, candidate.version)
     assert index.count() == feeder.sent
