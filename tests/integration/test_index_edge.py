@@ -245,3 +245,28 @@ def test_a_quantised_index_finds_what_the_float_one_finds_with_float_scores(tmp_
         config = json.loads(next((tmp_path / f"idx-{scalar}").glob("shard-*/edge_config.json")).read_text())
         assert (config.get("quantization_config") is not None) is scalar
     assert found[True] == found[False] == [f"p{i}" for i in picked]
+
+
+def test_an_index_built_without_quantisation_takes_it_up_at_its_next_optimisation(tmp_path: Path) -> None:
+    """Upgrading keeps the points: the old float segments are searched as they are until the optimiser
+    rebuilds them with their int8 copy."""
+    rng = np.random.default_rng(4)
+    stored = rng.standard_normal((2000, 32)).astype(np.float32)
+    points = [IndexPoint(f"p{i}", "t", v, f"h{i}", (1, i), "m") for i, v in enumerate(stored)]
+    path = tmp_path / "idx"
+    old = EdgeIndex(path, indexing_threshold_kb=1, scalar_quantization=False)
+    old.ensure(32, "m")
+    old.upsert(points)
+    old.optimize()
+    old.close()
+    assert not list(path.glob("shard-*/segments/*/vector_storage/quantized.data"))
+    new = EdgeIndex(path, indexing_threshold_kb=1)
+    new.ensure(32, "m")
+    try:
+        assert new.count() == len(points)
+        new.optimize()
+        assert list(path.glob("shard-*/segments/*/vector_storage/quantized.data"))
+        (row,) = new.search([Query(stored[7], "t", (2, 0), "q")], 1)
+        assert row[0].doc_id == "p7"
+    finally:
+        new.close()
