@@ -2,7 +2,8 @@
 
 Each section's JSON carries the machine it ran on and the command that reproduces it, so a report
 assembled from runs on different machines (CPU here, a GPU box later) still says which number came
-from where.
+from where. The speed sections are in ``bench.report_speed``; formatting both use, in
+``bench.report_format``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from bench.report_format import fixed, provenance
+from bench.report_speed import fast_model_section, pipeline_section, speed_section
 
 
 def machine() -> dict[str, Any]:
@@ -42,27 +46,6 @@ def machine() -> dict[str, Any]:
         "load_avg_1m_at_start": round(load, 2),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
-
-
-def describe(m: dict[str, Any]) -> str:
-    gpu = f", GPU {m['cuda']}" if m.get("cuda") else ", no GPU"
-    return (
-        f"{m['cpu']}, {m['usable_cores']} cores (torch {m['torch_threads']} threads){gpu}; "
-        f"torch {m['torch']}; "
-        f"Python {m['python']}; load average {m['load_avg_1m_at_start']} at start; {m['date']}"
-    )
-
-
-def _f(x: Any, digits: int = 3) -> str:
-    return "—" if x is None else f"{float(x):.{digits}f}"
-
-
-def provenance(section: dict[str, Any]) -> list[str]:
-    """The command and machine lines under a section; a file written by a bench script run on its own,
-    before it recorded its machine, says so instead."""
-    m = section.get("machine") or {}
-    where = describe(m) if "cpu" in m else "not recorded in this result file"
-    return ["", f"*Command:* `{section.get('command', '?').strip()}`  ", f"*Machine:* {where}", ""]
 
 
 # --------------------------------------------------------------------------------------------- plots
@@ -260,13 +243,14 @@ def _stream(sq: dict[str, Any]) -> list[str]:
         for label, m in r["methods"].items():
             s, b = m.get("shipped"), m["best"]
             shipped = (
-                f"{_f(m['shipped_threshold'])} | {_f(s['precision'])} | {_f(s['recall'])} | {_f(s['f1'])}"
+                f"{fixed(m['shipped_threshold'])} | {fixed(s['precision'])} | {fixed(s['recall'])} | "
+                f"{fixed(s['f1'])}"
                 if s
                 else "— | — | — | —"
             )
             lines.append(
-                f"| {label} | {shipped} | {_f(b['threshold'])} | {_f(b['precision'])} | {_f(b['recall'])} | "
-                f"**{_f(b['f1'])}** |"
+                f"| {label} | {shipped} | {fixed(b['threshold'])} | {fixed(b['precision'])} | "
+                f"{fixed(b['recall'])} | **{fixed(b['f1'])}** |"
             )
         kinds = sorted({k for m in r["methods"].values() for k in m.get("by_kind", {})})
         lines += [
@@ -307,9 +291,9 @@ def _pairs(pq: dict[str, Any]) -> list[str]:
         ]
         for label, m in s["methods"].items():
             lines.append(
-                f"| {label} | {_f(m['roc_auc'])} | {_f(m['average_precision'])} | {_f(m['best_f1'])} "
-                f"({_f(m['best_f1_threshold'])}) | {_f(m['recall_at_p90'])} | {_f(m['recall_at_p99'])} | "
-                f"{m['seconds']:.1f} |"
+                f"| {label} | {fixed(m['roc_auc'])} | {fixed(m['average_precision'])} | "
+                f"{fixed(m['best_f1'])} ({fixed(m['best_f1_threshold'])}) | {fixed(m['recall_at_p90'])} | "
+                f"{fixed(m['recall_at_p99'])} | {m['seconds']:.1f} |"
             )
         lines.append("")
     lines += [
@@ -360,9 +344,9 @@ def _index_rows(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         lines.append(
             f"| {r['points']:,} | {r['upsert_per_s']:,.0f} | {r['before_qps']:,.0f} | "
-            f"{_f(r['before_recall'])} | "
-            f"{r['after_qps']:,.0f} | {_f(r['after_recall'])} | {_f(r['after_recall_ef512'])} | "
-            f"{_f(r['after_dup_at_1'], 2)} | {r.get('rss_mb', float('nan')):,.0f} |"
+            f"{fixed(r['before_recall'])} | "
+            f"{r['after_qps']:,.0f} | {fixed(r['after_recall'])} | {fixed(r['after_recall_ef512'])} | "
+            f"{fixed(r['after_dup_at_1'], 2)} | {r.get('rss_mb', float('nan')):,.0f} |"
         )
     return lines
 
@@ -413,401 +397,6 @@ def _index(
     return lines
 
 
-# The speed sections (``python -m bench --only speed fast_model pipeline``): each renders whatever its
-# result file holds, so an older file, or one from a run that skipped a part, still renders.
-
-
-def _n(x: Any, digits: int = 0) -> str:
-    return "—" if x is None else f"{float(x):,.{digits}f}"
-
-
-def _x(x: Any, digits: int = 2) -> str:
-    return "—" if x is None else f"{float(x):.{digits}f}×"
-
-
-Target = tuple[str, str, str, bool | str | None]
-"""(target, this run's figure, what it is compared against, met? — or why it cannot say)."""
-
-
-def _targets(rows: list[Target]) -> list[str]:
-    lines = ["| target | this run | compared against | verdict |", "|---|---|---|---|"]
-    for target, measured, against, ok in rows:
-        if isinstance(ok, str):
-            verdict = ok
-        else:
-            verdict = "not measured" if ok is None else ("**meets**" if ok else "**misses**")
-        lines.append(f"| {target} | {measured} | {against} | {verdict} |")
-    return lines
-
-
-def _took(section: dict[str, Any]) -> str:
-    wall = section.get("wall_s")
-    return f" This section took {float(wall) / 60:.1f} minutes." if wall is not None else ""
-
-
-def _speed(sp: dict[str, Any]) -> list[str]:
-    rates = sp.get("encoder texts/s") or {}
-    vs = sp.get("encoder speed vs float32") or {}
-    scans = sp.get("scan posts/s") or {}
-    startup = sp.get("startup s") or {}
-    lines = [
-        "## Speed: the int8 encoder against float32 (`bench/speed.py`)",
-        "",
-        f"Model `{sp.get('model', '?')}` and its int8 copy `{sp.get('int8 model', '?')}` (ONNX Runtime), "
-        f"{sp.get('posts', '?')} generated posts, batch {sp.get('batch', '?')}. *Texts/s*: each encoder "
-        f"alone, each in a process of its own, {sp.get('rounds', '?')} alternating rounds, the median; "
-        "*vs float32* divides by float32's texts/s from the same rounds. *`worker scan`*: the whole batch "
-        "step in process on the same posts. *Start-up*: `python -m worker scan` on one post, process start "
-        f"to exit, the median of three.{_took(sp)}",
-        "",
-        "| encoder | texts/s alone | vs float32 | `worker scan` posts/s | start-up s |",
-        "|---|---|---|---|---|",
-    ]
-    for name, rate in rates.items():
-        ratio = _x(vs.get(name))
-        lines.append(
-            f"| {name} | {_n(rate, 1)} | {f'**{ratio}**' if name == 'int8' else ratio} | "
-            f"{_n(scans.get(name), 1)} | {_f(startup.get(name), 2)} |"
-        )
-    ap = sp.get("ap") or []
-    if ap:
-        lines += [
-            "",
-            "Average precision of float32 and int8 on pairs no default model trained on; `trainer quantize` "
-            "refuses an int8 copy whose AP drops by more than 0.005 on a gated set:",
-            "",
-            "| pair set | pairs | AP float32 | AP int8 | drop | gated |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r.get('set', '?')} | {r.get('pairs', '?')} | {_f(r.get('float32'), 4)} | "
-            f"{_f(r.get('int8'), 4)} | {_f(r.get('drop'), 4)} | "
-            f"{'yes' if r.get('gated', True) else 'no (reported only)'} |"
-            for r in ap
-        ]
-    speedup = vs.get("int8")
-    gated = [float(r["drop"]) for r in ap if r.get("gated", True) and r.get("drop") is not None]
-    worst = max(gated) if gated else None
-    lines += [
-        "",
-        *_targets(
-            [
-                (
-                    "int8 ≥ 2× float32's texts/s",
-                    _x(speedup),
-                    "float32 texts/s, same rounds",
-                    None if speedup is None else speedup >= 2.0,
-                ),
-                (
-                    "int8's AP within 0.005 of float32's",
-                    f"largest drop {_f(worst, 4)}" + (f" on {len(gated)} gated sets" if gated else ""),
-                    "float32's AP, same pairs",
-                    None if worst is None else worst <= 0.005,
-                ),
-            ]
-        ),
-    ]
-    gpu = sp.get("gpu") or {}
-    if gpu.get("device"):
-        lines += [
-            "",
-            f"On {gpu['device']}: encoder texts/s "
-            + ", ".join(f"{k} {_n(v, 1)}" for k, v in (gpu.get("encoder texts/s") or {}).items())
-            + f"; `worker scan` {_n(gpu.get('scan posts/s'), 1)} posts/s.",
-        ]
-    else:
-        lines += ["", "No CUDA device in this run: CPU figures only."]
-    return lines + provenance(sp)
-
-
-def _fast_speed(sp: dict[str, Any]) -> tuple[list[str], Target]:
-    fast, minhash = sp.get("fast_scan_posts_per_s"), sp.get("minhash_lsh_posts_per_s")
-
-    def vs(x: Any) -> str:
-        return _x(float(x) / float(minhash)) if x is not None and minhash else "—"
-
-    runs = len((sp.get("all_runs") or {}).get("fast") or [])
-    best = "one run each" if runs == 1 else f"the best of {runs or '?'} runs each"
-    wall = sp.get("cli_scan_wall_s")
-    lines = [
-        "",
-        f"Speed on {_n(sp.get('posts'))} generated posts (`{sp.get('stream', '?')}`), batch "
-        f"{sp.get('batch_size', '?')}: `worker scan` (the CLI's scan in process: the batch step, queries and "
-        "inserts into a fresh Qdrant Edge index) against MinHash LSH (datasketch: query the tenant's earlier "
-        f"posts, then insert), alternated, {best}:",
-        "",
-        "| path | posts/s | vs MinHash LSH |",
-        "|---|---|---|",
-        f"| fast model through `worker scan` | {_n(fast)} | **{vs(fast)}** |",
-        f"| MinHash LSH, query + insert | {_n(minhash)} | {vs(minhash)} |",
-    ]
-    if sp.get("fast_embed_texts_per_s") is not None:
-        embed = sp["fast_embed_texts_per_s"]
-        lines.append(f"| fast model, embedding alone (no index) | {_n(embed)} | {vs(embed)} |")
-    if wall is not None:
-        rate = sp.get("cli_scan_posts_per_s_with_start")
-        lines.append(
-            "| `python -m worker scan` as a user runs it, start and model load included "
-            f"({float(wall):.1f} s) | {_n(rate)} | {vs(rate)} |"
-        )
-    ratio = float(fast) / float(minhash) if fast is not None and minhash else None
-    target = (
-        "fast model ≥ MinHash LSH's posts/s through `worker scan`",
-        _x(ratio),
-        "MinHash LSH posts/s, same posts, same run",
-        None if ratio is None else ratio >= 1.0,
-    )
-    return lines, target
-
-
-def _fast_streams(summary: list[dict[str, Any]]) -> tuple[list[str], Target]:
-    suffix = "_shipped_f1"
-    models = [k[: -len(suffix)] for k in summary[0] if k.endswith(suffix)]
-    calibrated = all("minhash_calibrated_f1" in r for r in summary)
-    lines = [
-        "",
-        "Stream F1 (`worker scan`): each model at its shipped threshold; MinHash LSH at the threshold with "
-        "its best F1 on the generated seed-3 stream the fast model is calibrated on, held fixed, and at its "
-        "best threshold in hindsight per stream (its most favourable setting):",
-        "",
-        "| stream | posts | "
-        + " | ".join(models)
-        + " | MinHash LSH, threshold from seed 3 | MinHash LSH, best in hindsight |",
-        "|---|---|" + "---|" * (len(models) + 2),
-    ]
-    for r in summary:
-        cal = r.get("minhash_calibrated_f1")
-        cal_cell = f"{_f(cal)} ({_f(r.get('minhash_calibrated_threshold'))})" if cal is not None else "—"
-        lines.append(
-            f"| {r.get('stream', '?')} | {r.get('posts', '?')} | "
-            + " | ".join(_f(r.get(m + suffix)) for m in models)
-            + f" | {cal_cell} | {_f(r.get('minhash_best_f1'))} ({_f(r.get('minhash_best_threshold'))}) |"
-        )
-    key = "minhash_calibrated_f1" if calibrated else "minhash_best_f1"
-    pairs: list[tuple[Any, Any]] = [(r.get("fast" + suffix), r.get(key)) for r in summary]
-    ok = None if any(a is None or b is None for a, b in pairs) else all(a > b for a, b in pairs)
-    target = (
-        "fast model's F1 above MinHash LSH's on every stream",
-        ", ".join(f"{_f(a)} vs {_f(b)}" for a, b in pairs),
-        "MinHash LSH "
-        + ("at its threshold from seed 3" if calibrated else "at its best threshold in hindsight"),
-        ok,
-    )
-    return lines, target
-
-
-def _fast_pairs(pq: dict[str, Any]) -> tuple[list[str], Target]:
-    ap: dict[str, dict[str, float]] = pq.get("average_precision") or {}
-    sets = pq.get("sets") or {}
-    methods = list(ap)
-    names = list(sets) or list(ap.get("fast", {}))
-    jaccard, fast = ap.get("char-3gram-jaccard", {}), ap.get("fast", {})
-    lines = [
-        "",
-        "Average precision on the pairs nobody trained on (a fixed sample per set):",
-        "",
-        "| pair set | pairs (duplicates) | " + " | ".join(methods) + " | fast − Jaccard |",
-        "|---|---|" + "---|" * (len(methods) + 1),
-    ]
-    for name in names:
-        size = sets.get(name, {})
-        gap = fast[name] - jaccard[name] if name in fast and name in jaccard else None
-        lines.append(
-            f"| {name} | {size.get('pairs', '?')} ({size.get('duplicates', '?')}) | "
-            + " | ".join(_f(ap[m].get(name)) for m in methods)
-            + f" | {'—' if gap is None else f'{gap:+.3f}'} |"
-        )
-    compared = [n for n in names if n in fast and n in jaccard]
-    short = [n for n in compared if fast[n] <= jaccard[n]]
-    target = (
-        "fast model's AP above character-3-gram Jaccard's on every pair set",
-        (f"below or level on {', '.join(short)}" if short else f"above on all {len(compared)}")
-        if compared
-        else "—",
-        "char-3-gram Jaccard, same pairs",
-        None if not compared else not short,
-    )
-    return lines, target
-
-
-def _fast_model(fm: dict[str, Any]) -> list[str]:
-    man = fm.get("manifest") or {}
-    threshold = (man.get("thresholds") or {}).get("decision")
-    lines = [
-        "## Fast model against MinHash LSH and Jaccard (`bench/fast_model.py`)",
-        "",
-        f"`models/fast` ({man.get('version', '?')}, {man.get('dim', '?')} dimensions, shipped threshold "
-        f"{_f(threshold)}): the static encoder distilled from the transformer (`make fast`).{_took(fm)}",
-    ]
-    targets: list[Target] = []
-    for part, renderer in (
-        (fm.get("speed"), _fast_speed),
-        ((fm.get("streams") or {}).get("summary"), _fast_streams),
-        (fm.get("pairs"), _fast_pairs),
-    ):
-        if part:
-            more, target = renderer(part)
-            lines += more
-            targets.append(target)
-    lines += ["", *_targets(targets)] if targets else ["", "No speed, stream or pair figures in this file."]
-    return lines + provenance(fm)
-
-
-def _pipeline(pl: dict[str, Any], before: dict[str, Any] | None = None) -> list[str]:
-    """``before`` (``pipeline_before.json``, an earlier tree's run) is shown beside this run when it
-    preloaded as many points."""
-    points = pl.get("points")
-    if before is not None and before.get("points") != points:
-        before = None
-    at = f"{_n(points)} points"
-    raw = pl.get("raw") or {}
-    ref = raw.get("edge_search_queries_per_s")
-    floor = pl.get("float_index") or {}
-    run = pl.get("run") or {}
-
-    def of(x: Any, against: Any = ref) -> str:
-        return _f(float(x) / float(against), 2) if x is not None and against else "—"
-
-    rows: list[tuple[str, Any, str, str]] = [  # (path, posts/s, vs raw, key in the before file)
-        (
-            "`worker scan`, no index (`NullIndex`)",
-            pl.get("scan_null_posts_per_s"),
-            "—",
-            "scan_null_posts_per_s",
-        ),
-        ("`worker scan`, empty Edge index", pl.get("scan_empty_posts_per_s"), "—", "scan_empty_posts_per_s"),
-        (
-            f"`worker scan`, {at}" + (", scalar quantisation (the default)" if floor else ""),
-            pl.get("scan_posts_per_s"),
-            of(pl.get("scan_posts_per_s")),
-            "scan_posts_per_s",
-        ),
-    ]
-    if floor:
-        float_raw = (floor.get("raw") or {}).get("edge_search_queries_per_s")
-        float_scan = floor.get("scan_posts_per_s")
-        rows.append(
-            (
-                f"`worker scan`, {at}, no quantisation (vs its own raw search)",
-                float_scan,
-                of(float_scan, float_raw),
-                "",
-            )
-        )
-    if run:
-        rows.append(
-            (f"`worker run` through Tansu, {at}", run.get("docs_per_s"), of(run.get("docs_per_s")), "run")
-        )
-    rows += [
-        (
-            f"raw Qdrant Edge batched query at {at}, bare (no filter, no payload)",
-            raw.get("bare_queries_per_s"),
-            of(raw.get("bare_queries_per_s")),
-            "raw.bare_queries_per_s",
-        ),
-        (
-            "raw Qdrant Edge, as `EdgeIndex.search` builds it (filter, payload)",
-            ref,
-            of(ref),
-            "raw.edge_search_queries_per_s",
-        ),
-        (
-            "raw Qdrant Edge with the stream's unindexed tail",
-            raw.get("edge_search_with_tail_queries_per_s"),
-            of(raw.get("edge_search_with_tail_queries_per_s")),
-            "raw.edge_search_with_tail_queries_per_s",
-        ),
-    ]
-
-    def earlier(key: str) -> Any:
-        if before is None or not key:
-            return None
-        if key == "run":
-            return (before.get("run") or {}).get("docs_per_s")
-        if key.startswith("raw."):
-            return (before.get("raw") or {}).get(key[4:])
-        return before.get(key)
-
-    head = "| path | posts/s (queries/s for raw) | vs raw Edge search |"
-    lines = [
-        "## Pipeline cost with a near-free encoder (`bench/pipeline.py`)",
-        "",
-        f"The near-free encoder gives each distinct text a random unit vector "
-        f"({_n(pl.get('free_encoder_texts_per_s'))} texts/s), which leaves the pipeline's own cost: "
-        f"{_n(pl.get('n'))} generated posts, batch {pl.get('batch', '?')}, an Edge index preloaded with "
-        f"{_n(points)} random unit vectors (HNSW built: the hardest geometry for HNSW, so these are a "
-        "floor), a fresh copy for each measurement. *vs raw Edge search* divides by Qdrant Edge's own "
-        "batched query at the same index as `EdgeIndex.search` builds it, measured in the same run."
-        + _took(pl),
-        "",
-        head + (" before |" if before else ""),
-        "|---|---|---|" + ("---|" if before else ""),
-    ]
-    for path, rate, ratio, key in rows:
-        if rate is None:
-            continue
-        lines.append(f"| {path} | {_n(rate)} | {ratio} |" + (f" {_n(earlier(key))} |" if before else ""))
-    if before:
-        load = (before.get("machine") or {}).get("load_avg_1m_at_start")
-        lines += [
-            "",
-            f"*before* is `bench/results/pipeline_before.json` (load average {_f(load, 2)} at its start, "
-            f"{_f((pl.get('machine') or {}).get('load_avg_1m_at_start'), 2)} at this run's): "
-            + (before.get("note") or "an earlier run"),
-        ]
-    mean_ms = run.get("mean_ms") or {}
-    if mean_ms.get("total") and "search" in mean_ms:
-        lines += [
-            "",
-            f"In `worker run` the index search takes {100 * mean_ms['search'] / mean_ms['total']:.0f}% of a "
-            f"batch ({mean_ms['search']:.0f} of {mean_ms['total']:.0f} ms on average over "
-            f"{run.get('batches', '?')} batches).",
-        ]
-    model = pl.get("model") or {}
-    model_ratio = model.get("run_vs_encoder")
-    if model:
-        enc: list[Any] = [model.get("encoder_before_texts_per_s"), model.get("encoder_after_texts_per_s")]
-        mean = (enc[0] + enc[1]) / 2 if None not in enc else None
-        lines += [
-            "",
-            f"With the real model (`{model.get('model', '?')}`, {_n(model.get('n'))} posts, batch "
-            f"{model.get('batch', '?')}): `worker run` {_n((model.get('run') or {}).get('docs_per_s'), 1)} "
-            f"posts/s against the encoder alone {_n(mean, 1)} texts/s (the mean of {_n(enc[0], 1)} before "
-            f"and {_n(enc[1], 1)} after the run): **{_x(model_ratio, 3)}**.",
-        ]
-    not_100k = "" if points in (100_000, None) else f" (this run: {at})"
-    not_comparable = "not comparable: the target is at 100k points"
-    scan, docs = pl.get("scan_posts_per_s"), run.get("docs_per_s")
-    lines += [
-        "",
-        *_targets(
-            [
-                (
-                    "`worker scan` ≥ 5,000 posts/s at 100k points, near-free encoder",
-                    f"{_n(scan)} posts/s{not_100k}",
-                    "the fixed target",
-                    None if scan is None else (not_comparable if not_100k else scan >= 5000),
-                ),
-                (
-                    "`worker run` ≥ 3,000 posts/s at 100k points, near-free encoder",
-                    f"{_n(docs)} posts/s{not_100k}",
-                    "the fixed target",
-                    None if docs is None else (not_comparable if not_100k else docs >= 3000),
-                ),
-                (
-                    "real model: `worker run` ≥ 0.90 × the encoder alone",
-                    _x(model_ratio, 3),
-                    "the encoder alone, same texts and batch, before and after the run",
-                    None if model_ratio is None else model_ratio >= 0.90,
-                ),
-            ]
-        ),
-    ]
-    if pl.get("bound"):
-        lines += ["", f"What bounds it: {pl['bound']}."]
-    return lines + provenance(pl)
-
-
 def render(results: dict[str, dict[str, Any]], out_dir: Path, top_command: str) -> str:
     lines = [
         "# twinflag benchmark report",
@@ -832,9 +421,9 @@ def render(results: dict[str, dict[str, Any]], out_dir: Path, top_command: str) 
             "index_scaling.png",
             lambda ix, png: plot_index(ix, png, results.get("index_scaling_1m_lowrank")),
         ),
-        ("speed", _speed, None, None),
-        ("fast_model", _fast_model, None, None),
-        ("pipeline", lambda pl: _pipeline(pl, results.get("pipeline_before")), None, None),
+        ("speed", speed_section, None, None),
+        ("fast_model", fast_model_section, None, None),
+        ("pipeline", lambda pl: pipeline_section(pl, results.get("pipeline_before")), None, None),
     ]
     for name, renderer, png, plotter in sections:
         if name not in results:

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.report import machine, provenance
+from bench.report import machine
+from bench.report_format import provenance
 from bench.stream_quality import BILSTM
 from devkit.baselines import char_jaccard
 from trainer.data import Pair, read_pairs
