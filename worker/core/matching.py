@@ -173,18 +173,18 @@ def index_candidates(
         [n for n in neighbours if not invisible(n, doc, first_version)]
         for doc, neighbours in zip(docs, results, strict=True)
     ]
-    stored: Fetched = {}
     found: list[list[Candidate]] = [[] for _ in docs]
-    todo = [(i, ranked_by_index(neighbours)) for i, neighbours in enumerate(kept)]
+    todo = list(enumerate(kept))  # each list best first, as the index port returns them
     while todo:
-        wanted = [(i, contenders(neighbours, k - len(found[i]))) for i, neighbours in todo]
-        keys = sorted({(docs[i].document.tenant, n.doc_id) for i, ns in wanted for n in ns})
-        stored.update(lookup(index, fetched, keys))
+        wanted = {i: contenders(neighbours, k - len(found[i])) for i, neighbours in todo}
+        keys = sorted({(docs[i].document.tenant, n.doc_id) for i, chosen in wanted.items() for n in chosen})
+        lookup(index, fetched, keys)  # what it reads is kept in ``fetched``
         rest = []
-        for (i, neighbours), (_, chosen) in zip(todo, wanted, strict=True):
+        for i, neighbours in todo:
+            chosen = wanted[i]
             doc = docs[i]
             for n in chosen:
-                vector = stored.get((doc.document.tenant, n.doc_id))
+                vector = fetched.get((doc.document.tenant, n.doc_id))
                 if vector is not None and vector.opaque:
                     continue  # its vector says nothing about it: only the exact path may match it
                 score = n.score if vector is None else cosine(vector_of(doc), vector.vector)
@@ -202,15 +202,10 @@ RESCORE_MARGIN = 1e-5
 float32 scores differ from the float64 rescoring by about 1e-7, so one this far below cannot overtake."""
 
 
-def ranked_by_index(neighbours: list[Candidate]) -> list[Candidate]:
-    """Best index score first (ties by order key and id, the final ranking's own tie-break)."""
-    return sorted(neighbours, key=lambda n: (-n.score, n.order, n.doc_id))
-
-
 def contenders(neighbours: list[Candidate], places: int) -> list[Candidate]:
-    """The leading neighbours that can still take one of ``places`` places once rescored: the first
-    ``places`` and every one within ``RESCORE_MARGIN`` of the last of them. The others are never read:
-    reading and rescoring a point costs more than searching for it."""
+    """The leading neighbours (best index score first) that can still take one of ``places`` places once
+    rescored: the first ``places`` and every one within ``RESCORE_MARGIN`` of the last of them. The others
+    are never read: reading and rescoring a point costs more than searching for it."""
     if places <= 0 or len(neighbours) <= places:
         return neighbours if places > 0 else []
     floor = neighbours[places - 1].score - RESCORE_MARGIN
