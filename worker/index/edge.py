@@ -18,7 +18,8 @@ What we measured, and what the design rests on (Qdrant Edge 0.9.0):
   ``segments=8`` (our default) a run indexes the new points as their own segment: 4-5 s per 10k.
   The optimiser runs only when asked; there is no background service.
 
-The directory layout and its crash safety are ``worker.index.edge_store``'s.
+The directory layout and its crash safety are ``worker.index.edge_store``'s; how the reads are spelled
+(filters, searches, hash probes) is ``worker.index.edge_query``'s.
 """
 
 from __future__ import annotations
@@ -39,57 +40,21 @@ from worker.core.records import OrderKey
 from worker.index import edge_optimize
 from worker.index.config import DEFAULT_OPTIMIZE_EVERY, OVERSAMPLING, QUANTILE
 from worker.index.edge_optimize import OptimizeJob
+from worker.index.edge_query import DIALECT, last_request, probe_requests, search_requests, search_results
 from worker.index.edge_store import FORMAT, OPTIMIZE_LOG, SIDECAR, IndexDirectory, open_shard
 from worker.index.payload import (
-    HASH_PROBE,
     MAX_KEY,
-    RESULT_FIELDS,
     STORED_FIELDS,
     HashProbe,
     as_vector,
-    candidate,
     check_model,
-    earlier_filter,
     expired_filter,
     find_earliest,
     payload,
     point_id,
     point_ids,
-    ranked,
     stored_by_key,
 )
-
-
-class EdgeDialect:
-    """``worker.index.payload.FilterDialect`` in Qdrant Edge's spelling."""
-
-    def equals(self, key: str, value: str | int) -> qe.FieldCondition:
-        return qe.FieldCondition(key, match=qe.MatchValue(value))
-
-    def below(self, key: str, value: int) -> qe.FieldCondition:
-        return qe.FieldCondition(key, range=qe.RangeFloat(lt=float(value)))
-
-    def at_least(self, key: str, value: int) -> qe.FieldCondition:
-        return qe.FieldCondition(key, range=qe.RangeFloat(gte=float(value)))
-
-    def any_of(self, conditions: list[Any]) -> qe.Filter:
-        return qe.Filter(should=conditions)
-
-    def none_of(self, conditions: list[Any]) -> qe.Filter:
-        return qe.Filter(must_not=conditions)
-
-    def all_of(self, conditions: list[Any], exclude_ids: Sequence[str] = ()) -> qe.Filter:
-        if not exclude_ids:
-            return qe.Filter(must=conditions)
-        return qe.Filter(must=conditions, must_not=[qe.HasIdCondition(set(exclude_ids))])
-
-
-_DIALECT = EdgeDialect()
-
-
-def _is(row: Mapping[str, Any] | None, doc_id: str) -> bool:
-    """Whether a result row is the querying document's own point (the search leaves the check to us)."""
-    return row is not None and row.get("id") == doc_id
 
 
 class EdgeIndex:
@@ -191,21 +156,14 @@ class EdgeIndex:
         shard = self._open()
 
         def last(field: str, where: qe.Filter | None) -> Mapping[str, Any] | None:
-            request = qe.QueryRequest(
-                limit=1,
-                query=qe.OrderBy(field, qe.Direction.Desc),
-                filter=where,
-                with_payload=RESULT_FIELDS,
-                with_vector=False,
-            )
-            rows = shard.query_batch(qe.QueryBatchRequest([request]))[0]
+            rows = shard.query_batch(qe.QueryBatchRequest([last_request(field, where)]))[0]
             return rows[0].payload if rows else None
 
         top = last("ts", None)
         if top is None:
             return (0, 0)
         ts = int(top["ts"])
-        row = last("pos", qe.Filter(must=[_DIALECT.equals("ts", ts)]))
+        row = last("pos", qe.Filter(must=[DIALECT.equals("ts", ts)]))
         return (ts, int(row["pos"]) if row is not None else MAX_KEY)
 
     def flush(self) -> None:
@@ -238,46 +196,14 @@ class EdgeIndex:
                 else None
             ),
         )
-        requests = [
-            qe.QueryRequest(
-                limit=k + 1,  # the document's own point may come back (an earlier version): dropped below
-                query=qe.Query.Nearest(as_vector(q.vector, dim)),
-                filter=earlier_filter(
-                    _DIALECT,
-                    q.tenant,
-                    q.before,
-                    q.doc_id,
-                    after_ts=q.after_ts,
-                    all_earlier=q.before > self._latest,
-                    exclude_self=False,
-                ),
-                params=params,
-                with_payload=RESULT_FIELDS,
-                with_vector=False,
-            )
-            for q in queries
-        ]
-        hits = shard.query_batch(qe.QueryBatchRequest(requests))
-        return [
-            ranked([candidate(p.payload, p.score, "index") for p in row if not _is(p.payload, q.doc_id)])[:k]
-            for q, row in zip(queries, hits, strict=True)
-        ]
+        hits = shard.query_batch(qe.QueryBatchRequest(search_requests(queries, k, dim, self._latest, params)))
+        return search_results(queries, hits, k)
 
     def find_hashes(self, queries: Sequence[HashQuery]) -> list[Candidate | None]:
         return find_earliest(queries, self._run_probes)
 
     def _run_probes(self, probes: list[HashProbe]) -> list[list[Mapping[str, Any] | None]]:
-        requests = [
-            qe.QueryRequest(
-                limit=HASH_PROBE,
-                query=qe.OrderBy(probe.order_by, qe.Direction.Asc),
-                filter=probe.where(_DIALECT, self._latest),
-                with_payload=RESULT_FIELDS,
-                with_vector=False,
-            )
-            for probe in probes
-        ]
-        rows = self._open().query_batch(qe.QueryBatchRequest(requests))
+        rows = self._open().query_batch(qe.QueryBatchRequest(probe_requests(probes, self._latest)))
         return [[p.payload for p in row] for row in rows]
 
     def fetch(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredVector]:
@@ -333,7 +259,7 @@ class EdgeIndex:
     def expire(self, expiries: Sequence[Expiry]) -> int:
         shard, removed = self._open(), 0
         for expiry in expiries:
-            where = expired_filter(_DIALECT, expiry)
+            where = expired_filter(DIALECT, expiry)
             found = shard.count(qe.CountRequest(exact=True, filter=where))
             if found:
                 self._apply(qe.UpdateOperation.delete_points_by_filter(where))
