@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from worker.core.decide import clamp_score, round_score
+from worker.core.decide import Verdict, clamp_score, round_score
 from worker.core.messages import ModeratorVerdict
 from worker.core.normalize import normalize, text_hash
 from worker.core.outgoing import LearnedPoint
@@ -300,3 +300,18 @@ def wilson_lower(successes: ArrayLike, trials: ArrayLike, z: float = 1.96) -> ND
 
 def _pair(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a <= b else (b, a)
+
+
+def confirm(verdict: Verdict, rank: int | None, policy: Policy) -> Verdict:
+    """A pair a moderator confirmed (``rank``: its candidate's place, from ``screen``) is flagged
+    whatever its score (``decided_by: moderator``)."""
+    if rank is None or verdict.flagged:
+        return verdict
+    probability = 1.0 if policy.calibrated else None
+    return Verdict(verdict.matches, True, chosen=rank, decided_by="moderator", probability=probability)
+
+
+def with_learned_point(verdict: Verdict, tenant: str, policy: Policy, base: Policy) -> Verdict:
+    """The verdict with its point when a tenant's verdicts chose it (not the model's or operator's)."""
+    point = policy.point(tenant)
+    return verdict if point == base.point(tenant) else replace(verdict, point=point)

@@ -7,7 +7,7 @@ the in-batch matrix and the index search merged into ranked candidates, and the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,6 +116,21 @@ def lookup(index: VectorIndex, fetched: Fetched, keys: Sequence[tuple[str, str]]
     if missing:
         fetched.update(index.fetch(missing))
     return {key: fetched[key] for key in keys if key in fetched}
+
+
+def text_hashes(
+    docs: list[Doc], index: VectorIndex, fetched: Fetched
+) -> Callable[[str, Sequence[str]], dict[str, str]]:
+    """Candidates' text hashes (what ``feedback.screen`` matches verdicts by): a batch document's own,
+    else the stored point's (read by the search)."""
+    in_batch = {d.key: d.text_hash for d in docs}
+
+    def hashes(tenant: str, ids: Sequence[str]) -> dict[str, str]:
+        found = {i: in_batch[(tenant, i)] for i in ids if (tenant, i) in in_batch}
+        stored = lookup(index, fetched, [(tenant, i) for i in ids if i not in found])
+        return found | {doc_id: point.text_hash for (_, doc_id), point in stored.items()}
+
+    return hashes
 
 
 def candidates(

@@ -39,9 +39,9 @@ Semantics worth knowing (the visibility rule itself is in ``worker.core.decide``
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,7 +52,7 @@ from worker.core.decide import (
     visibility,
 )
 from worker.core.explain import explain_flags
-from worker.core.feedback import Feedback, screen
+from worker.core.feedback import Feedback, confirm, screen, with_learned_point
 from worker.core.matching import (
     Doc,
     Fetched,
@@ -60,6 +60,7 @@ from worker.core.matching import (
     exact_path,
     first_versions,
     lookup,
+    text_hashes,
     vector_of,
     verify,
 )
@@ -248,7 +249,7 @@ def finish_batch(
         with timer("screen"):
             posts = [(d.document.tenant, d.document.id, d.text_hash) for d in docs]
             ranked, confirmed, result.suppressed = screen(
-                feedback, posts, ranked, _hashes_of(docs, index, prepared.fetched)
+                feedback, posts, ranked, text_hashes(docs, index, prepared.fetched)
             )
     with timer("verify"):
         verified = verify(docs, ranked, texts, policy, verifier)
@@ -258,12 +259,11 @@ def finish_batch(
             policy.judge(doc.document.tenant, candidates, scores)
             for doc, candidates, scores in zip(docs, ranked, verified, strict=True)
         ]
-        verdicts = [
-            _confirmed(verdict, rank, policy) for verdict, rank in zip(verdicts, confirmed, strict=True)
-        ]
+        verdicts = [confirm(verdict, rank, policy) for verdict, rank in zip(verdicts, confirmed, strict=True)]
         if policy is not base:  # a learned point is stored with the decision, for replays
             verdicts = [
-                _learned(v, d.document.tenant, policy, base) for v, d in zip(verdicts, docs, strict=True)
+                with_learned_point(v, d.document.tenant, policy, base)
+                for v, d in zip(verdicts, docs, strict=True)
             ]
         verdicts = explain_flags(docs, verdicts, index, prepared.fetched)
         verdicts = [doc.first or verdict for doc, verdict in zip(docs, verdicts, strict=True)]
@@ -275,34 +275,6 @@ def finish_batch(
     with timer("messages"):
         result.outcomes = _outcomes(prepared.parsed, docs, verdicts, config)
     return result
-
-
-def _confirmed(verdict: Verdict, rank: int | None, policy: Policy) -> Verdict:
-    """A pair a moderator confirmed is flagged whatever its score (``decided_by: moderator``)."""
-    if rank is None or verdict.flagged:
-        return verdict
-    probability = 1.0 if policy.calibrated else None
-    return Verdict(verdict.matches, True, chosen=rank, decided_by="moderator", probability=probability)
-
-
-def _learned(verdict: Verdict, tenant: str, policy: Policy, base: Policy) -> Verdict:
-    """The verdict with its point when a tenant's verdicts chose it (not the model's or operator's)."""
-    point = policy.point(tenant)
-    return verdict if point == base.point(tenant) else replace(verdict, point=point)
-
-
-def _hashes_of(
-    docs: list[Doc], index: VectorIndex, fetched: Fetched
-) -> Callable[[str, Sequence[str]], dict[str, str]]:
-    """Candidates' text hashes: a batch document's own, else the stored point's (read by the search)."""
-    in_batch = {d.key: d.text_hash for d in docs}
-
-    def hashes(tenant: str, ids: Sequence[str]) -> dict[str, str]:
-        found = {i: in_batch[(tenant, i)] for i in ids if (tenant, i) in in_batch}
-        stored = lookup(index, fetched, [(tenant, i) for i in ids if i not in found])
-        return found | {doc_id: point.text_hash for (_, doc_id), point in stored.items()}
-
-    return hashes
 
 
 class _Timer:
