@@ -25,6 +25,7 @@ from typing import Any
 from bench.harness import argv_command, dump
 from bench.report import machine
 from devkit.posts import generate, read_jsonl, write_jsonl
+from worker.core.ports import Encoder
 from worker.index.edge import EdgeIndex
 from worker.model.directory import read_manifest
 from worker.model.encode import load_encoder
@@ -49,10 +50,16 @@ def decisions(path: Path) -> dict[str, tuple[Any, ...]]:
 
 
 def run_kind(
-    name: str, scalar: bool, history: Path, new: Path, model: Path, threshold: float, work: Path, batch: int
+    name: str,
+    scalar: bool,
+    history: Path,
+    new: Path,
+    encoder: Encoder,
+    threshold: float,
+    work: Path,
+    batch: int,
 ) -> dict[str, Any]:
     """Build the history's index of this kind, then check the new posts against it read-only."""
-    encoder = load_encoder(model)
     index = EdgeIndex(work / f"index-{name}", scalar_quantization=scalar)
     try:
         started = time.perf_counter()
@@ -85,8 +92,9 @@ def measure(model: Path, n_history: int, n_new: int, seed: int, batch: int, work
     threshold = manifest.thresholds.decision
     result: dict[str, Any] = {"machine": machine(), "model": str(model), "version": manifest.version}
     result.update({"history": n_history, "new": n_new, "seed": seed, "threshold": threshold})
+    encoder = load_encoder(model)
     kinds = {
-        kind: run_kind(kind, scalar, history, new, model, threshold, work, batch)
+        kind: run_kind(kind, scalar, history, new, encoder, threshold, work, batch)
         for kind, scalar in KINDS.items()
     }
     decided = {kind: decisions(Path(kinds[kind].pop("output"))) for kind in KINDS}
